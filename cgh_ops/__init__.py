@@ -5,9 +5,9 @@ Ops (``torch.ops.cgh.*``, wrapped here): :func:`median_of_means`, :func:`median3
 :func:`running_median_`, :func:`foreach_running_median_`.
 """
 
-from . import _extension  # noqa: F401  (loads the native kernels first, if built)
 from . import _ops  # noqa: F401  (schemas and fake kernels)
 from . import reference  # noqa: F401  (the fallback kernels)
+from . import _extension  # noqa: F401  (native kernels, if built; else a warning)
 from .ops import (  # noqa: F401
     foreach_median_of_means,
     foreach_running_median_,

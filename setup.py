@@ -87,8 +87,22 @@ def _extensions():
             "cgh_ops._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx_flags}
         )
         print("cgh_ops: building the CPU kernels only")
+    _write_build_info(cuda_home)
     build_ext = cpp_extension.BuildExtension.with_options(use_ninja=True)
     return [ext], {"build_ext": build_ext}
+
+
+def _write_build_info(cuda_home):
+    """Recorded for `python -m cgh_ops.info` (the .so itself cannot tell which archs it has)."""
+    import json
+
+    info = {
+        "cuda": bool(cuda_home),
+        "cuda_home": cuda_home,
+        "cuda_arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST") if cuda_home else None,
+    }
+    with open(os.path.join(ROOT, "cgh_ops", "_build_info.json"), "w") as f:
+        json.dump(info, f, indent=1)
 
 
 ext_modules, cmdclass = _extensions()
@@ -108,7 +122,7 @@ setup(
         "cgh_ops.triton_kernels",
     ],
     package_dir={"cgh_ops.triton_kernels": "triton_kernels"},
-    package_data={"cgh_ops": ["data/*"]},
+    package_data={"cgh_ops": ["data/*", "_build_info.json"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     python_requires=">=3.10",

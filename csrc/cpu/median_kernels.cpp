@@ -1,0 +1,205 @@
+// Native CPU kernels of the functional cgh ops: median_of_means, median3,
+// foreach_median_of_means, trimmed_mean, winsorized_mean (and their out= forms).
+//
+// Each op reads its inputs once and writes its output once: a block of coordinates is
+// loaded from every row, reduced in registers (group sums, then an exact min/max network)
+// and stored. Rows x[i] are separate operands, so a row-sliced x (x = big[:, :n]) needs no
+// copy; other layouts are walked in place by for_each_run (cpu_kernels.h).
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <string>
+#include <vector>
+
+#include "common/checks.h"
+#include "cpu/cpu_kernels.h"
+
+namespace cgh::cpu {
+namespace {
+
+// out followed by the rows x[0], ..., x[m-1] (views, no copy).
+std::vector<at::Tensor> out_and_rows(const at::Tensor& out, const at::Tensor& x) {
+  std::vector<at::Tensor> ops;
+  ops.reserve(static_cast<size_t>(x.size(0)) + 1);
+  ops.push_back(out);
+  for (int64_t i = 0; i < x.size(0); ++i) ops.push_back(x.select(0, i));
+  return ops;
+}
+
+// ------------------------------------------------------------------ median of means
+// Group g holds rows [first[g], first[g + 1]): torch.tensor_split's order, the first
+// m % groups groups one row longer.
+std::vector<int64_t> group_bounds(int64_t m, int64_t groups) {
+  std::vector<int64_t> first(static_cast<size_t>(groups) + 1, 0);
+  for (int64_t g = 0; g < groups; ++g) first[g + 1] = first[g] + m / groups + (g < m % groups ? 1 : 0);
+  return first;
+}
+
+template <typename scalar_t>
+struct MedianOfMeansStep {
+  using acc_t = acc_type<scalar_t>;
+  using Vec = Vectorized<acc_t>;
+  const int64_t* first;  // group bounds, see group_bounds
+  bool omit_nan;
+  ValueBlock<acc_t>& block;
+
+  template <bool kFull>
+  void apply(const scalar_t* const* in, scalar_t* const* out, int64_t i, int64_t count) {
+    for (int64_t g = 0; g < block.k; ++g) {
+      // Rows summed in order, then divided by the row count (the reference's rule).
+      Vec sum = load_acc<scalar_t, kFull>(in[first[g]] + i, count);
+      for (int64_t r = first[g] + 1; r < first[g + 1]; ++r) sum = sum + load_acc<scalar_t, kFull>(in[r] + i, count);
+      block.set(g, sum / Vec(static_cast<acc_t>(first[g + 1] - first[g])));
+    }
+    store_acc<scalar_t, kFull>(out[0] + i, median(block, omit_nan, count), count);
+  }
+};
+
+void median_of_means_into(const at::Tensor& x, int64_t groups, bool omit_nan, const at::Tensor& out) {
+  const int64_t m = x.size(0);
+  const std::vector<int64_t> first = group_bounds(m, groups);
+  const std::vector<at::Tensor> ops = out_and_rows(out, x);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "cgh::median_of_means (CPU)", [&] {
+    for_each_run(ops, 1, [&](char** data, const int64_t* strides, int64_t n) {
+      ValueBlock<acc_type<scalar_t>> block(groups);
+      MedianOfMeansStep<scalar_t> step{first.data(), omit_nan, block};
+      run_blocks<scalar_t>(data, strides, n, 1, m, step);
+    });
+  });
+}
+
+at::Tensor median_of_means(const at::Tensor& x, int64_t groups, bool omit_nan) {
+  check_median_of_means(x, groups, "x", "median_of_means");
+  at::Tensor out = at::empty(x.sizes().slice(1), x.options());
+  median_of_means_into(x, groups, omit_nan, out);
+  return out;
+}
+
+at::Tensor& median_of_means_out(const at::Tensor& x, int64_t groups, bool omit_nan, at::Tensor& out) {
+  check_median_of_means(x, groups, "x", "median_of_means");
+  check_out(out, x.sizes().slice(1), x, "median_of_means");
+  median_of_means_into(x, groups, omit_nan, out);
+  return out;
+}
+
+std::vector<at::Tensor> foreach_median_of_means(at::TensorList xs, int64_t groups, bool omit_nan) {
+  const char* op = "foreach_median_of_means";
+  for (size_t i = 0; i < xs.size(); ++i)
+    check_median_of_means(xs[i], groups, ("xs[" + std::to_string(i) + "]").c_str(), op);
+  std::vector<at::Tensor> outs;
+  outs.reserve(xs.size());
+  for (const auto& x : xs) {
+    outs.push_back(at::empty(x.sizes().slice(1), x.options()));
+    median_of_means_into(x, groups, omit_nan, outs.back());
+  }
+  return outs;
+}
+
+void foreach_median_of_means_out(at::TensorList xs, int64_t groups, bool omit_nan, at::TensorList out) {
+  check_foreach_out(xs, groups, out);  // every tensor checked before any is written
+  for (size_t i = 0; i < xs.size(); ++i) median_of_means_into(xs[i], groups, omit_nan, out[i]);
+}
+
+// ------------------------------------------------------------------ median3
+template <typename scalar_t>
+struct Median3Step {
+  using acc_t = acc_type<scalar_t>;
+  bool omit_nan;
+  ValueBlock<acc_t>& block;
+
+  template <bool kFull>
+  void apply(const scalar_t* const* in, scalar_t* const* out, int64_t i, int64_t count) {
+    for (int64_t j = 0; j < 3; ++j) block.set(j, load_acc<scalar_t, kFull>(in[j] + i, count));
+    store_acc<scalar_t, kFull>(out[0] + i, median(block, omit_nan, count), count);
+  }
+};
+
+void median3_into(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, bool omit_nan,
+                  const at::Tensor& out) {
+  const std::vector<at::Tensor> ops{out, a, b, c};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "cgh::median3 (CPU)", [&] {
+    for_each_run(ops, 1, [&](char** data, const int64_t* strides, int64_t n) {
+      ValueBlock<acc_type<scalar_t>> block(3);
+      Median3Step<scalar_t> step{omit_nan, block};
+      run_blocks<scalar_t>(data, strides, n, 1, 3, step);
+    });
+  });
+}
+
+at::Tensor median3(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, bool omit_nan) {
+  check_same_floats3(a, b, c, "median3");
+  at::Tensor out = at::empty(a.sizes(), a.options());
+  median3_into(a, b, c, omit_nan, out);
+  return out;
+}
+
+at::Tensor& median3_out(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, bool omit_nan,
+                        at::Tensor& out) {
+  check_same_floats3(a, b, c, "median3");
+  check_out(out, a.sizes(), a, "median3");
+  median3_into(a, b, c, omit_nan, out);
+  return out;
+}
+
+// ------------------------------------------------------------------ trimmed / winsorized
+template <typename scalar_t>
+struct SortedMeanStep {
+  using acc_t = acc_type<scalar_t>;
+  int64_t trim;
+  bool winsorize;
+  ValueBlock<acc_t>& block;
+
+  template <bool kFull>
+  void apply(const scalar_t* const* in, scalar_t* const* out, int64_t i, int64_t count) {
+    for (int64_t j = 0; j < block.k; ++j) block.set(j, load_acc<scalar_t, kFull>(in[j] + i, count));
+    store_acc<scalar_t, kFull>(out[0] + i, sorted_mean(block, trim, winsorize, count), count);
+  }
+};
+
+void sorted_mean_into(const at::Tensor& x, int64_t trim, bool winsorize, const at::Tensor& out) {
+  const int64_t m = x.size(0);
+  const std::vector<at::Tensor> ops = out_and_rows(out, x);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "cgh::trimmed_mean (CPU)", [&] {
+    for_each_run(ops, 1, [&](char** data, const int64_t* strides, int64_t n) {
+      ValueBlock<acc_type<scalar_t>> block(m);
+      SortedMeanStep<scalar_t> step{trim, winsorize, block};
+      run_blocks<scalar_t>(data, strides, n, 1, m, step);
+    });
+  });
+}
+
+template <bool kWinsorize>
+at::Tensor trim_op(const at::Tensor& x, int64_t trim) {
+  const char* op = kWinsorize ? "winsorized_mean" : "trimmed_mean";
+  check_trim(x, trim, op);
+  at::Tensor out = at::empty(x.sizes().slice(1), x.options());
+  sorted_mean_into(x, trim, kWinsorize, out);
+  return out;
+}
+
+template <bool kWinsorize>
+at::Tensor& trim_op_out(const at::Tensor& x, int64_t trim, at::Tensor& out) {
+  const char* op = kWinsorize ? "winsorized_mean" : "trimmed_mean";
+  check_trim(x, trim, op);
+  check_out(out, x.sizes().slice(1), x, op);
+  sorted_mean_into(x, trim, kWinsorize, out);
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(cgh, CPU, m) {
+  m.impl("median_of_means", &median_of_means);
+  m.impl("median_of_means.out", &median_of_means_out);
+  m.impl("median3", &median3);
+  m.impl("median3.out", &median3_out);
+  m.impl("foreach_median_of_means", &foreach_median_of_means);
+  m.impl("foreach_median_of_means.out", &foreach_median_of_means_out);
+  m.impl("trimmed_mean", &trim_op<false>);
+  m.impl("trimmed_mean.out", &trim_op_out<false>);
+  m.impl("winsorized_mean", &trim_op<true>);
+  m.impl("winsorized_mean.out", &trim_op_out<true>);
+}
+
+}  // namespace cgh::cpu

@@ -39,21 +39,14 @@ class Data:
     num_classes: int
 
 
-# The digits split: a fixed permutation, 1400 training and 397 test images (as in PAPER.md).
-DIGITS_TRAIN = 1400
-DIGITS_SPLIT_SEED = 0
-
-
 def load_digits() -> Data:
-    """scikit-learn's bundled 8x8 digits (1797 images, no download), pixels scaled to [0, 1]."""
-    from sklearn.datasets import load_digits as sk_load_digits
+    """scikit-learn's bundled 8x8 digits with the fixed split of ``python -m cgh_ops.train``
+    (1400 training, 397 test images, pixels in [0, 1])."""
+    from cgh_ops.train import data as train_data
+    from cgh_ops.train.config import Config
 
-    bunch = sk_load_digits()
-    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # [n, 1, 8, 8]
-    y = torch.tensor(bunch.target, dtype=torch.int64)
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(DIGITS_SPLIT_SEED))
-    tr, te = perm[:DIGITS_TRAIN], perm[DIGITS_TRAIN:]
-    return Data("digits", x[tr], y[tr], x[te], y[te], num_classes=10)
+    ds = train_data.load(Config(data="digits"))
+    return Data("digits", ds.train.x, ds.train.labels, ds.test.x, ds.test.labels, ds.num_classes)
 
 
 def load_image_folder(root: str, image_size: int = 32) -> Data:
@@ -86,15 +79,14 @@ def load_data(spec: str, image_size: int = 32) -> Data:
 
 
 def corrupt_labels(y: Tensor, fraction: float, num_classes: int, seed: int) -> Tuple[Tensor, Tensor]:
-    """Label noise as in the paper: each example, with probability ``fraction``, gets a label
-    drawn uniformly from all classes (so about 1/num_classes of those keep their label).
-    Returns the noisy labels and the mask of the examples that were drawn ("corrupt")."""
+    """The label noise of ``python -m cgh_ops.train`` (PAPER.md's recipe): each example, with
+    probability ``fraction``, gets a label drawn uniformly from all classes. Returns the noisy
+    labels and the mask of the "corrupt" examples, those whose label changed."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"corrupt fraction must be in [0, 1], got {fraction}")
-    g = torch.Generator().manual_seed(10_000 + seed)  # noise seed apart from the init seed
-    mask = torch.rand(len(y), generator=g) < fraction
-    random_labels = torch.randint(0, num_classes, (len(y),), generator=g)
-    return torch.where(mask, random_labels, y), mask
+    from cgh_ops.train.data import corrupt_labels as train_corrupt_labels
+
+    return train_corrupt_labels(y, num_classes, fraction, seed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -102,31 +94,15 @@ def corrupt_labels(y: Tensor, fraction: float, num_classes: int, seed: int) -> T
 
 
 def build_model(arch: str, input_shape: Sequence[int], num_classes: int, width: int = 512) -> nn.Module:
-    """``mlp``: two hidden layers of ``width`` (the 64-512-512-10 net of PAPER.md on digits);
-    ``cnn``: three 3x3 conv layers (width/16, width/8, width/4 channels), global average pool;
-    any other name: a torchvision model (``resnet18``, ...) for image folders."""
-    c, h, w = input_shape
-    if arch == "mlp":
-        return nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(c * h * w, width), nn.ReLU(),
-            nn.Linear(width, width), nn.ReLU(),
-            nn.Linear(width, num_classes),
-        )
-    if arch == "cnn":
-        c1, c2, c3 = max(width // 16, 4), max(width // 8, 8), max(width // 4, 16)
-        return nn.Sequential(
-            nn.Conv2d(c, c1, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-            nn.Linear(c3, num_classes),
-        )
-    import torchvision
+    """The models of ``python -m cgh_ops.train``: ``mlp`` (two hidden layers of ``width``, the
+    64-512-512-10 net of PAPER.md on digits), ``cnn`` (fixed size; ``width`` is ignored) or a
+    torchvision architecture for image folders."""
+    from cgh_ops.train import models
 
+    if arch == "mlp":
+        return models.mlp(tuple(input_shape), num_classes, width)
     try:
-        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+        return models.build(arch, tuple(input_shape), num_classes)
     except ValueError as e:
         raise ValueError(f"--arch {arch!r}: not mlp, cnn or a torchvision model name") from e
 

@@ -179,27 +179,36 @@ def scenarios_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
-def kill_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    """One good iteration; then the last rank dies and the others' next backward must fail."""
+def failing_rank_worker(rank: int, world: int, port: int, out_dir: str, mode: str) -> None:
+    """One good iteration; then the last rank dies ('kill') or stalls ('stall') and the
+    others' next backward must fail: at once for a closed connection, at the timeout for a stall."""
     init_worker(rank, world, port, KILL_PG_TIMEOUT_S)
     model = ddp(make_model())
     install_median_hook(model)
     loss_of(model, rank, 0).backward()
     dist.barrier()
     if rank == world - 1:
+        if mode == "kill":
+            os._exit(0)
+        # Stall until the others have reported (or long past their timeout), then vanish.
+        others = [os.path.join(out_dir, f"rank{r}.pt") for r in range(world - 1)]
+        end = time.monotonic() + 6 * KILL_PG_TIMEOUT_S
+        while time.monotonic() < end and not all(map(os.path.exists, others)):
+            time.sleep(0.1)
         os._exit(0)
-    time.sleep(0.5)  # let the dying rank close its connections
+    time.sleep(0.5)  # let a dying rank close its connections
     start = time.monotonic()
     try:
         loss_of(model, rank, 1).backward()
         error = None
     except Exception as exc:  # whatever the transport raises, it must be raised
         error = f"{type(exc).__name__}: {exc}"
-    torch.save({"error": error, "seconds": time.monotonic() - start}, os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.save({"error": error, "seconds": time.monotonic() - start}, os.path.join(out_dir, f"rank{rank}.tmp"))
+    os.replace(os.path.join(out_dir, f"rank{rank}.tmp"), os.path.join(out_dir, f"rank{rank}.pt"))
     os._exit(0)  # skip tearing down a broken process group
 
 
-def launch(worker, world: int, out_dir: str, deadline_s: float = LAUNCH_DEADLINE_S) -> list[dict | None]:
+def launch(worker, world: int, out_dir: str, *args, deadline_s: float = LAUNCH_DEADLINE_S) -> list[dict | None]:
     """Run ``worker`` on ``world`` fresh processes; the results each saved (None if it saved none)."""
     store = dist.TCPStore("127.0.0.1", 0, world, is_master=True, wait_for_workers=False)
     # forkserver: a clean single-threaded server imports torch once (DDP's first
@@ -207,7 +216,7 @@ def launch(worker, world: int, out_dir: str, deadline_s: float = LAUNCH_DEADLINE
     # every rank of every launch from it; the ranks start as fresh as with spawn.
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "torch._dynamo", "torch.nn.parallel", "cgh_ops.distributed", __name__])
-    procs = [ctx.Process(target=worker, args=(r, world, store.port, out_dir), daemon=True) for r in range(world)]
+    procs = [ctx.Process(target=worker, args=(r, world, store.port, out_dir, *args), daemon=True) for r in range(world)]
     for p in procs:
         p.start()
     end = time.monotonic() + deadline_s
@@ -314,14 +323,16 @@ def test_mismatched_ranks_raise_on_every_rank(run, case):
         assert "ranks disagree on gradient bucket" in r[case], r[case]
 
 
-def test_killed_rank_gives_error_in_bounded_time(tmp_path):
-    """Failure mode: a rank that dies makes the others' backward raise within the PG timeout."""
+@pytest.mark.parametrize("mode", ["kill", "stall"])
+def test_failed_rank_gives_error_in_bounded_time(tmp_path, mode):
+    """Failure mode: a rank that dies or stalls makes the others' backward raise within the PG timeout."""
     world = 3
-    results = launch(kill_worker, world, str(tmp_path), deadline_s=60)
+    results = launch(failing_rank_worker, world, str(tmp_path), mode, deadline_s=60)
     for rank, r in enumerate(results[: world - 1]):
         assert r is not None, f"surviving rank {rank} saved no result"
-        assert r["error"] is not None, f"rank {rank}: backward succeeded without the dead rank"
+        assert r["error"] is not None, f"rank {rank}: backward succeeded without the last rank"
         assert r["seconds"] < KILL_PG_TIMEOUT_S + 10, f"rank {rank} took {r['seconds']:.1f} s to fail"
+        print(f"{mode}: rank {rank} failed after {r['seconds']:.2f} s: {r['error'][:120]}")
 
 
 # ---------------------------------------------------------------------- single-process checks

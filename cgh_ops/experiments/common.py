@@ -226,9 +226,12 @@ def fit(
     method: Method,
     cfg: TrainConfig,
     progress: Optional[Callable[[int], None]] = None,
+    until: Optional[Callable[[Tensor], bool]] = None,
 ) -> RunResult:
     """Trains a fresh model on (x, y) and evaluates it before training and ``evals_per_epoch``
-    times per epoch: which training examples it classifies as labeled, and test accuracy."""
+    times per epoch: which training examples it classifies as labeled, and test accuracy.
+    ``until(correct)``: stop right after the first evaluation for which it returns True (the
+    returned model is then the one of that evaluation)."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.arch, tuple(x.shape[1:]), num_classes, cfg.width)
     stepper = _Stepper(list(model.parameters()), method, cfg.lr / method.lr_div, cfg.k, cfg.weight_decay)
@@ -252,10 +255,13 @@ def fit(
         test_acc.append((logits.argmax(1) == y_test).float().mean().item())
         test_loss.append(F.cross_entropy(logits, y_test).item())
 
+    def done() -> bool:
+        return until is not None and until(correct[-1])
+
     start = time.perf_counter()
     evaluate(0.0)
     model.train()
-    for epoch in range(cfg.epochs):
+    for epoch in range(0 if done() else cfg.epochs):
         perm = torch.randperm(n, generator=order)
         total, batches = 0.0, 0
         for s in range(steps_per_epoch):
@@ -267,11 +273,15 @@ def fit(
             batches += 1
             if s + 1 in eval_at:
                 evaluate(epoch + (s + 1) / steps_per_epoch)
+                if done():
+                    break
         train_loss.append(total / batches)
         if not math.isfinite(train_loss[-1]):
             raise FloatingPointError(f"{method.name}: training loss is {train_loss[-1]} at epoch {epoch + 1}")
         if progress is not None:
             progress(epoch + 1)
+        if done():
+            break
     return RunResult(eval_epochs, torch.stack(correct), test_acc, test_loss, train_loss,
                      time.perf_counter() - start, model)
 

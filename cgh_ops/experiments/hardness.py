@@ -8,7 +8,9 @@ The protocol of the paper (PAPER.md, "Hardness"), per seed, on the clean trainin
      at the first step where at least ``--split-acc`` of them are classified correctly (the
      paper's two ImageNet epochs left about half of ImageNet easy; digits are learned within
      the first epoch, so the split is placed by accuracy rather than by a count of epochs).
-     "Easy": classified correctly at that point; "hard": not.
+     "Easy": classified correctly at that point; "hard": not. On 10 classes this rule puts
+     whole classes on one side early on; ``--split balanced`` instead takes, per class, the
+     examples with the highest probability of their label (as many as were correct).
   2. Each kind is shuffled and cut into a training part and a held-out part of equal sizes,
      the same for both kinds (so that size does not decide the comparison); a random sample
      of the same sizes is the control.
@@ -20,7 +22,8 @@ The protocol of the paper (PAPER.md, "Hardness"), per seed, on the clean trainin
      run of correct predictions; their distributions are compared for easy and hard.
 
 Writes to ``--out``:
-  splits.csv    per seed: the warm-up step and epoch, the numbers of easy and hard examples
+  splits.csv    per seed: the warm-up step and epoch, the numbers of easy and hard examples,
+                how many classes each side holds and how unevenly (std of the per-class easy share)
   summary.csv   one row per (seed, trained_on in easy/hard/random): n_train, train_acc,
                 heldout_acc (same kind), other_acc (the other kind; random: n/a), test_acc
   learned.csv   one row per (seed, example): kind, first_learned, last_learned (epochs)
@@ -54,6 +57,8 @@ from .common import (
 )
 
 OUTPUTS = ("splits.csv", "summary.csv", "learned.csv", "table.md", "hardness.png")
+SPLIT_STATS = ("warmup_epoch", "warmup_train_acc", "n_easy", "n_hard", "n_train_per_kind", "classes_easy",
+               "classes_hard", "class_share_std")
 SGD = Method("sgd-m0.9", "sgd", momentum=0.9)  # the paper's baseline optimizer
 
 
@@ -73,6 +78,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=_ints, default=[0, 1, 2, 3, 4], help="seeds, comma-separated")
     p.add_argument("--split-acc", type=float, default=0.5,
                    help="end the warm-up when this fraction of the training set is classified correctly")
+    p.add_argument("--split", choices=("correct", "balanced"), default="correct",
+                   help="correct: easy = classified correctly after the warm-up (the paper's rule); "
+                        "balanced: per class, the examples with the highest warm-up probability of their "
+                        "label, as many as were correct (removes the class imbalance of the split)")
     p.add_argument("--warmup-epochs", type=int, default=2, help="the most warm-up epochs (then split anyway)")
     p.add_argument("--epochs", type=int, default=50, help="epochs of the easy/hard/random trainings")
     p.add_argument("--curve-epochs", type=int, default=20, help="epochs of the learning-time run")
@@ -90,15 +99,36 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def warm_up_split(data, cfg: TrainConfig, split_acc: float, warmup_epochs: int) -> Dict:
-    """Steps 1: SGD evaluated after every step until ``split_acc`` of the examples are right."""
+def warm_up_split(data, cfg: TrainConfig, split_acc: float, warmup_epochs: int, rule: str) -> Dict:
+    """Step 1: SGD evaluated after every step until ``split_acc`` of the examples are right
+    (or ``warmup_epochs`` are over), then the easy mask by ``rule``."""
     steps = math.ceil(len(data.y_train) / cfg.batch_size)
     warm = TrainConfig(**{**cfg.__dict__, "epochs": warmup_epochs, "evals_per_epoch": steps})
-    res = fit(data.x_train, data.y_train, data.x_test, data.y_test, data.num_classes, SGD, warm)
-    acc = res.train_correct.float().mean(1)
-    reached = (acc >= split_acc).nonzero()
-    i = int(reached[0]) if len(reached) else len(acc) - 1  # not reached: split at the end
-    return {"easy": res.train_correct[i], "step": i, "epoch": res.eval_epochs[i], "train_acc": acc[i].item()}
+    res = fit(data.x_train, data.y_train, data.x_test, data.y_test, data.num_classes, SGD, warm,
+              until=lambda correct: correct.float().mean().item() >= split_acc)
+    correct = res.train_correct[-1]
+    easy = correct
+    if rule == "balanced":
+        # Per class, the examples with the highest probability of their label are easy, as many
+        # in total as were classified correctly: the same sizes, every class on both sides.
+        p_true = torch.softmax(predict(res.model, data.x_train), 1).gather(1, data.y_train[:, None])[:, 0]
+        easy = torch.zeros_like(correct)
+        fraction = correct.float().mean().item()
+        for c in range(data.num_classes):
+            idx = (data.y_train == c).nonzero().flatten()
+            top = idx[p_true[idx].argsort(descending=True)][: round(fraction * len(idx))]
+            easy[top] = True
+    classes_easy = len(torch.unique(data.y_train[easy]))
+    classes_hard = len(torch.unique(data.y_train[~easy]))
+    return {"easy": easy, "step": len(res.eval_epochs) - 1, "epoch": res.eval_epochs[-1],
+            "train_acc": correct.float().mean().item(), "classes_easy": classes_easy, "classes_hard": classes_hard,
+            # How unevenly the classes fall on the easy side (0: each class easy in the same share).
+            "class_share_std": _class_share_std(easy, data.y_train, data.num_classes)}
+
+
+def _class_share_std(easy: torch.Tensor, y: torch.Tensor, num_classes: int) -> float:
+    shares = [easy[y == c].float().mean().item() for c in range(num_classes) if (y == c).any()]
+    return mean_std(shares)[1]
 
 
 def run(args: argparse.Namespace):
@@ -109,7 +139,7 @@ def run(args: argparse.Namespace):
     for seed in tqdm(args.seeds, desc="hardness", unit="seed", file=sys.stderr):
         cfg = TrainConfig(arch=args.arch, width=args.width, epochs=args.epochs, batch_size=args.batch_size,
                           lr=args.lr, seed=seed)
-        split = warm_up_split(data, cfg, args.split_acc, args.warmup_epochs)
+        split = warm_up_split(data, cfg, args.split_acc, args.warmup_epochs, args.split)
         easy = split["easy"]
         g = torch.Generator().manual_seed(20_000 + seed)
         pools = {"easy": easy.nonzero().flatten(), "hard": (~easy).nonzero().flatten(),
@@ -119,7 +149,9 @@ def run(args: argparse.Namespace):
         parts = {k: (v[:half], v[half:2 * half]) for k, v in pools.items()}
         splits.append({"seed": seed, "warmup_step": split["step"], "warmup_epoch": round(split["epoch"], 4),
                        "warmup_train_acc": split["train_acc"], "n_easy": len(pools["easy"]),
-                       "n_hard": len(pools["hard"]), "n_train_per_kind": half})
+                       "n_hard": len(pools["hard"]), "n_train_per_kind": half, "split": args.split,
+                       "classes_easy": split["classes_easy"], "classes_hard": split["classes_hard"],
+                       "class_share_std": split["class_share_std"]})
 
         # Step 3: train on each kind, test on held-out examples of each kind.
         for kind in ("easy", "hard", "random"):
@@ -206,8 +238,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     write_csv(f"{args.out}/learned.csv", learned)
     metrics = ("train_acc", "heldout_acc", "other_acc", "test_acc")
     table = ("Split after the warm-up (per seed):\n\n" + markdown_table(
-        aggregate(splits, (), ("warmup_epoch", "warmup_train_acc", "n_easy", "n_hard", "n_train_per_kind")),
-        (), ("warmup_epoch", "warmup_train_acc", "n_easy", "n_hard", "n_train_per_kind"))
+        aggregate(splits, (), SPLIT_STATS), (), SPLIT_STATS)
         + "\nTrained on one kind, tested on held-out examples of the same kind (heldout_acc) and "
           "of the other kind (other_acc):\n\n"
         + markdown_table(aggregate(summary, ("trained_on",), metrics), ("trained_on",), metrics)

@@ -316,11 +316,13 @@ def _run(cfg: Config) -> dict:
         rows.append(row)
         if bar is not None:
             bar.set_postfix(pristine=row["pristine_acc"], corrupt=row["corrupt_acc"], test=row["test_acc"], refresh=False)
-            if epoch % cfg.log_every == 0 or epoch == cfg.epochs:
-                bar.write(
-                    f"[{cfg.method}] epoch {epoch}/{cfg.epochs}  loss {row['train_loss']:.4f}  "
-                    + "  ".join(f"{s} {report._fmt(row[s + '_acc'])}" for s in report.SETS)
-                )
+        if rank == 0 and (epoch % cfg.log_every == 0 or epoch == cfg.epochs):
+            line = (f"[{cfg.method}] epoch {epoch}/{cfg.epochs}  loss {row['train_loss']:.4f}  "
+                    + "  ".join(f"{s} {report._fmt(row[s + '_acc'])}" for s in report.SETS))
+            if bar is not None:
+                bar.write(line)  # above the bar, without breaking it
+            else:
+                print(line, flush=True)
         if rank == 0:
             wall = elapsed_before + time.perf_counter() - t_start
             report.write_metrics(os.path.join(cfg.out, "metrics.csv"), rows)

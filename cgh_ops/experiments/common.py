@@ -140,6 +140,7 @@ def standard_methods(k: int = 3) -> List[Method]:
         Method("rm3", "rm3"),
         Method("ra3", "ra3"),  # running mean: the control for RM3's running median
         Method(f"mom{k}+sgd-m0.9", "sgd", momentum=0.9, median_of_means=True),
+        Method(f"sgd-m0.9-bx{k}", "sgd", momentum=0.9, batch_mult=k),  # its control: same samples per update
         Method(f"sgd-m0-bx{k}", "sgd", batch_mult=k),  # M3's samples per update
         Method(f"sgd-m0-lr/{k}", "sgd", lr_div=k),  # M3's distance per epoch
     ]

@@ -5,8 +5,9 @@
 
 A grid of (model width) x (base batch size) x (label noise) x (seed) x (method); every cell is
 one training run on the same in-memory data. Methods: the paper's SGD baseline (momentum 0.9),
-SGD without momentum, M3, RM3, RA3, MedianOfMeans in front of SGD with momentum, and the two
-step-size controls for M3 (SGD at k times the batch, SGD at lr / k); see
+SGD without momentum, M3, RM3, RA3, MedianOfMeans in front of SGD with momentum, and the
+step-size controls: for M3, SGD at k times the batch and SGD at lr / k; for MedianOfMeans with
+momentum, SGD with momentum at k times the batch; see
 :func:`cgh_ops.experiments.common.standard_methods`.
 
 Writes to ``--out``:
@@ -22,6 +23,8 @@ Writes to ``--out``:
 from __future__ import annotations
 
 import argparse
+import csv
+import os
 import sys
 from typing import Dict, List, Sequence
 
@@ -74,6 +77,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--k", type=int, default=3, help="groups of M3 / window of RM3, RA3")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--merge", nargs="+", metavar="DIR", default=None,
+                   help="train nothing: combine the summary.csv and epochs.csv of earlier runs into --out "
+                        "(tables and plots over all of them)")
     p.add_argument("--quick", action="store_true",
                    help="a small grid for CI: width 128, noise 0 and 0.5, 2 seeds, 15 epochs")
     args = p.parse_args(argv)
@@ -173,11 +179,31 @@ def plot_curves(epochs: List[Dict], path: str) -> None:
     plt.close(fig)
 
 
+def _read_csv(path: str) -> List[Dict]:
+    """Rows of a CSV written by :func:`write_csv`, numbers parsed back."""
+    def parse(v: str):
+        for kind in (int, float):
+            try:
+                return kind(v)
+            except ValueError:
+                pass
+        return v
+
+    with open(path, newline="") as f:
+        return [{k: parse(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     prepare_out(args.out, args.overwrite, OUTPUTS)
-    summary, epochs = run_grid(args)
+    if args.merge:
+        summary = [r for d in args.merge for r in _read_csv(os.path.join(d, "summary.csv"))]
+        epochs = [r for d in args.merge for r in _read_csv(os.path.join(d, "epochs.csv"))]
+        write_csv(f"{args.out}/summary.csv", summary)
+        write_csv(f"{args.out}/epochs.csv", epochs)
+    else:
+        summary, epochs = run_grid(args)
     agg = aggregate(summary, GROUP_KEYS, METRICS + ("train_acc", "best_test_acc", "seconds"))
     write_csv(f"{args.out}/table.csv", agg)
     table = markdown_table(agg, GROUP_KEYS, METRICS)

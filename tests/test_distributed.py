@@ -84,10 +84,11 @@ def recording_hook(log: list):
 
 # ---------------------------------------------------------------------- worker scenarios
 def scenario_bitwise(rank: int, world: int) -> dict:
-    """Two iterations (before and after the bucket rebuild), groups = world and groups = 2."""
+    """Two iterations (before and after the bucket rebuild), groups = world and groups = 2
+    (the latter with gradient_as_bucket_view, where the bucket is the .grad storage)."""
     out = {"local": [], "ddp": [], "buckets": []}
     for groups in (None, 2):
-        model = ddp(make_model())
+        model = ddp(make_model(), gradient_as_bucket_view=groups is not None)
         state = MedianState(groups=groups)
         log: list = []
         model.register_comm_hook(state, recording_hook(log))

@@ -86,7 +86,7 @@ def _image_tree(root, classes=3, train=4, val=2, size=40):
 def test_image_folder_resnet18(tmp_path):
     # Torchvision architecture on a generated ImageFolder tree, at a tiny image size.
     data = _image_tree(tmp_path / "imgs")
-    s = run(Config(data=str(data), arch="resnet18", image_size=32, epochs=1, batch_size=4, workers=0,
+    s = run(Config(data=str(data), arch="resnet18", image_size=32, epochs=1, batch_size=4, workers=0, threads=1,
                    corrupt_fraction=0.5, out=str(tmp_path / "out"), progress=False))
     assert s["arch"] == "resnet18" and s["num_classes"] == 3 and s["n_train"] == 12 and s["n_test"] == 6
     assert s["config"]["lr_schedule"] == "step"  # the official ResNet schedule is the default

@@ -54,7 +54,6 @@ class Split:
             sampler=indices.tolist(),
             num_workers=workers,
             pin_memory=pin,
-            persistent_workers=False,
         )
         yield from loader
 

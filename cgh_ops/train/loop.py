@@ -274,9 +274,9 @@ def _run(cfg: Config) -> dict:
             "test_acc": _mean(t_ok), "test_loss": _mean(t_loss), "seconds": round(seconds, 3),
         }
         # Accuracy on the (noisy) training set, estimated from the two samples by their shares.
-        parts = [(1 - frac_corrupt, row["pristine_acc"]), (frac_corrupt, row["corrupt_acc"])]
-        row["train_acc"] = sum(w * a for w, a in parts if a is not None and w > 0) if any(
-            a is not None for _, a in parts) else None
+        parts = [(w, a) for w, a in ((1 - frac_corrupt, row["pristine_acc"]), (frac_corrupt, row["corrupt_acc"]))
+                 if a is not None and w > 0]
+        row["train_acc"] = sum(w * a for w, a in parts) / sum(w for w, _ in parts) if parts else None
         return row
 
     if not rows:
@@ -318,7 +318,7 @@ def _run(cfg: Config) -> dict:
             bar.set_postfix(pristine=row["pristine_acc"], corrupt=row["corrupt_acc"], test=row["test_acc"], refresh=False)
         if rank == 0 and (epoch % cfg.log_every == 0 or epoch == cfg.epochs):
             line = (f"[{cfg.method}] epoch {epoch}/{cfg.epochs}  loss {row['train_loss']:.4f}  "
-                    + "  ".join(f"{s} {report._fmt(row[s + '_acc'])}" for s in report.SETS))
+                    + "  ".join(f"{s} {report.fmt(row[s + '_acc'])}" for s in report.SETS))
             if bar is not None:
                 bar.write(line)  # above the bar, without breaking it
             else:

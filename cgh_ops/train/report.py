@@ -58,7 +58,7 @@ def load_summaries(root: str) -> list[dict]:
     return out
 
 
-def _fmt(v: Optional[float]) -> str:
+def fmt(v: Optional[float]) -> str:
     return "  -  " if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
 
@@ -69,7 +69,7 @@ def comparison_table(summaries: list[dict]) -> str:
         f = s["final"]
         name = s["method"] + (f" (momentum {s['momentum']:g})" if s["method"] == "sgd" else f" (k={s['k']})")
         lines.append(
-            f"| {name} | {_fmt(f['pristine_acc'])} | {_fmt(f['corrupt_acc'])} | {_fmt(f['test_acc'])} "
+            f"| {name} | {fmt(f['pristine_acc'])} | {fmt(f['corrupt_acc'])} | {fmt(f['test_acc'])} "
             f"| {f['epoch']} | {s['wall_seconds']:.0f} |"
         )
     return "\n".join(lines)

@@ -109,7 +109,8 @@ def ring_step(
     the tests allow for in their tolerance.
     """
     p = _f64(param)
-    g = _f64(grad) + weight_decay * p
+    # weight_decay == 0 means no decay term at all (0 * inf would make NaN of an inf param).
+    g = _f64(grad) + weight_decay * p if weight_decay else _f64(grad).copy()
     hist = [_f64(h) for h in history]
     values = np.stack([g] + hist)
     with warnings.catch_warnings():

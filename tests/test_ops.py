@@ -181,33 +181,36 @@ def _ties_and_signed_zeros(k: int, n: int, dtype) -> torch.Tensor:
     return torch.where(flip & (v == 0), torch.tensor(-0.0, dtype=dtype), v)
 
 
+PARITY_DATA = {
+    "random": lambda k, n, dtype: with_specials(randn(k, n, dtype=dtype)),
+    # torch.median picks, among equal values, the middle one of a stable sort; with
+    # zeros of both signs that choice is visible in the bits.
+    "signed-zeros": _ties_and_signed_zeros,
+}
+
+
+@pytest.mark.parametrize("data", list(PARITY_DATA))
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=DTYPE_IDS.get)
-def test_median3_bitwise_equals_torch_median(backend, dtype):
+def test_median3_bitwise_equals_torch_median(backend, dtype, data):
     # SPEC promise: median3 == torch.median(torch.stack(...), 0).values bit for bit.
-    for name, x in {
-        "random": with_specials(randn(3, 1001, dtype=dtype)),
-        "ties-signed-zeros": _ties_and_signed_zeros(3, 1001, dtype),
-    }.items():
-        expected = torch.median(x, 0).values
-        x = backend.put(x)
-        got = backend.op("median3")(x[0], x[1], x[2], False)
-        assert_same_bits(got, expected, f"median3 {name} {dtype}")
+    x = PARITY_DATA[data](3, 1001, dtype)
+    expected = torch.median(x, 0).values
+    x = backend.put(x)
+    got = backend.op("median3")(x[0], x[1], x[2], False)
+    assert_same_bits(got, expected, f"median3 {data} {dtype}")
 
 
+@pytest.mark.parametrize("data", list(PARITY_DATA))
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=DTYPE_IDS.get)
-def test_median_of_means_rows_bitwise_equals_torch_median(backend, dtype):
+def test_median_of_means_rows_bitwise_equals_torch_median(backend, dtype, data):
     # SPEC promise: with m == groups odd, median_of_means == torch.median(x, 0) bit for bit.
     for m in (1, 3, 5, 7, 9, 11, 13):
-        for name, x in {
-            "random": with_specials(randn(m, 257, dtype=dtype)),
-            "ties-signed-zeros": _ties_and_signed_zeros(m, 257, dtype),
-        }.items():
-            expected = torch.median(x, 0).values
-            got = backend.op("median_of_means")(backend.put(x), m, False)
-            assert_same_bits(got, expected, f"median_of_means m={m} {name} {dtype}")
+        x = PARITY_DATA[data](m, 257, dtype)
+        expected = torch.median(x, 0).values
+        got = backend.op("median_of_means")(backend.put(x), m, False)
+        assert_same_bits(got, expected, f"median_of_means m={m} {data} {dtype}")
 
 
-@pytest.mark.small
 @pytest.mark.parametrize("m", [2, 4, 6])
 def test_even_count_is_numpy_median_not_torch_median(backend, m):
     # documented difference: the mean of the two middle values (numpy.median), while
@@ -221,7 +224,6 @@ def test_even_count_is_numpy_median_not_torch_median(backend, m):
 
 
 # ------------------------------------------------------------------------- median3
-@pytest.mark.small
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=DTYPE_IDS.get)
 @pytest.mark.parametrize("omit_nan", NAN_MODES, ids=["propagate", "omit"])
 def test_median3(backend, dtype, omit_nan):
@@ -267,7 +269,6 @@ def test_trimmed_and_winsorized_grid(backend, m, trim):
     npref.assert_close(got, npref.winsorized_mean(as_np(x), trim), terms=terms, scale=scale, msg="winsorized_mean")
 
 
-@pytest.mark.small
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=DTYPE_IDS.get)
 @pytest.mark.parametrize("name", ["trimmed_mean", "winsorized_mean"])
 def test_trimmed_and_winsorized_dtypes(backend, dtype, name):
@@ -355,7 +356,6 @@ def _mixed_list():
     ]
 
 
-@pytest.mark.small
 @pytest.mark.parametrize("omit_nan", NAN_MODES, ids=["propagate", "omit"])
 def test_foreach_median_of_means(backend, omit_nan):
     # mixed shapes/dtypes/row counts in one call: each tensor its own median of means.
@@ -417,7 +417,6 @@ def test_running_median_dtypes(backend, dtype):
         _check_running_median(backend, "running_median_", [x[0].clone()], [h.clone() for h in x[1:]], 0, False)
 
 
-@pytest.mark.small
 @pytest.mark.parametrize("omit_nan", NAN_MODES, ids=["propagate", "omit"])
 @pytest.mark.parametrize("slot", [-1, 1])
 def test_foreach_running_median_(backend, omit_nan, slot):
@@ -450,7 +449,6 @@ RING_CASES = [
 ]
 
 
-@pytest.mark.small
 @pytest.mark.parametrize("reduce, weight_decay, slot", RING_CASES)
 @pytest.mark.parametrize("R", [2, 3], ids=["window3", "window4"])
 def test_ring_step_(backend, reduce, weight_decay, slot, R):
@@ -497,6 +495,61 @@ def test_ring_step_(backend, reduce, weight_decay, slot, R):
                 p.cpu().double(), torch.from_numpy(np.asarray(new_p)), rtol=rtol, atol=atol, equal_nan=True,
                 msg=lambda m, msg=msg: f"{msg}\n{m}",
             )
+
+
+# ------------------------------------------------------- every op, one small case
+def _small_case(name: str, backend):
+    """(callable running op ``name`` on ``backend``, NumPy expectation, terms) for a tiny input."""
+    x = with_specials(randn(6, 5, 7))
+    xn = as_np(x)
+    d = backend.put
+    if name == "median_of_means":  # 3 groups of 2 rows: averaged means, odd count
+        return lambda: backend.op(name)(d(x), 3, True), npref.median_of_means(xn, 3, True), 8
+    if name == "median_of_means-even":  # 4 groups: mean of the two middle means
+        return lambda: backend.op("median_of_means")(d(x), 4, False), npref.median_of_means(xn, 4), 8
+    if name == "median3":
+        return lambda: backend.op(name)(d(x[0]), d(x[1]), d(x[2]), True), npref.median3(*xn[:3], omit_nan=True), 0
+    if name in ("trimmed_mean", "winsorized_mean"):
+        return lambda: backend.op(name)(d(x), 2), getattr(npref, name)(xn, 2), 7
+    if name == "foreach_median_of_means":
+        return lambda: backend.op(name)([d(x), d(x[:3, 0])], 3, False)[1], npref.median_of_means(xn[:3, 0], 3), 5
+    if name in ("running_median_", "foreach_running_median_"):
+        grad, history = d(x[0].clone()), [d(h.clone()) for h in x[1:4]]
+
+        def run():
+            if name == "running_median_":
+                backend.op(name)(grad, history, 2, False)
+            else:
+                backend.op(name)([grad], history, 2, False)
+            assert_same_bits(history[2], x[0].to(history[2].device), "history[2] holds the raw grad")
+            return grad
+
+        return run, npref.running_median(xn[0], list(xn[1:4]), 2)[0], 1
+    if name == "ring_step_":
+        param, grad, history = d(x[0].clone()), d(x[1].clone()), [d(x[2].clone()), d(x[3].clone())]
+
+        def step():
+            backend.op(name)([param], [grad], history, 0, 0.5, 0.0, "median", False)
+            return param
+
+        new_p, _ = npref.ring_step(xn[0], xn[1], list(xn[2:4]), 0, 0.5, 0.0, "median")
+        return step, new_p, 2
+    raise AssertionError(name)
+
+
+SMALL_CASES = [
+    "median_of_means", "median_of_means-even", "median3", "trimmed_mean", "winsorized_mean",
+    "foreach_median_of_means", "running_median_", "foreach_running_median_", "ring_step_",
+]
+
+
+@pytest.mark.small
+@pytest.mark.parametrize("name", SMALL_CASES)
+def test_every_op_small_case(backend, name):
+    # smoke: one tiny case per op, cheap enough for every backend (Triton's interpreter too).
+    run, expected, terms = _small_case(name, backend)
+    got = run()
+    npref.assert_close(got, expected, terms=terms, scale=npref.finite_scale(expected, 6.0), msg=name)
 
 
 # ------------------------------------------------------------------- determinism

@@ -19,6 +19,8 @@ with ``enable_fp_fusion=False`` so that ``a * b + c`` is never contracted into a
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -33,9 +35,19 @@ NUM_WARPS = 4
 LAUNCH = {"num_warps": NUM_WARPS, "enable_fp_fusion": False}
 
 
+# Under TRITON_INTERPRET=1 (CPU tests) a program runs as NumPy code whose cost grows with
+# the tile, and the tests' tensors are tiny: small tiles keep them fast.
+INTERPRET_TILE_ELEMENTS = 256
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def block_size(kp: int) -> int:
     """Output coordinates per program for a tile of ``kp`` values each (a power of two)."""
-    return max(16, TILE_ELEMENTS // kp)
+    tile = INTERPRET_TILE_ELEMENTS if interpreting() else TILE_ELEMENTS
+    return max(16, tile // kp)
 
 
 def next_pow2(k: int) -> int:

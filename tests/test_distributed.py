@@ -35,6 +35,7 @@ LR = 0.1
 BATCH = 8
 # ~25 float32 per bucket: several buckets, most of a size that no world size divides.
 BUCKET_CAP_MB = 1e-4
+PIECE_SIZES = (1, 11, 12, 13, 16, 17, 48, 50)  # with piece_shard=4: one, several, padded last pieces
 
 
 # ---------------------------------------------------------------------- shared helpers
@@ -85,11 +86,12 @@ def recording_hook(log: list):
 # ---------------------------------------------------------------------- worker scenarios
 def scenario_bitwise(rank: int, world: int) -> dict:
     """Two iterations (before and after the bucket rebuild), groups = world and groups = 2
-    (the latter with gradient_as_bucket_view, where the bucket is the .grad storage)."""
+    (the latter with gradient_as_bucket_view, where the bucket is the .grad storage, and
+    with pieces of 5 elements per rank, so that buckets go in several pieces, the last padded)."""
     out = {"local": [], "ddp": [], "buckets": []}
     for groups in (None, 2):
         model = ddp(make_model(), gradient_as_bucket_view=groups is not None)
-        state = MedianState(groups=groups)
+        state = MedianState(groups=groups) if groups is None else MedianState(groups=groups, piece_shard=5)
         log: list = []
         model.register_comm_hook(state, recording_hook(log))
         reference = make_model()
@@ -99,6 +101,19 @@ def scenario_bitwise(rank: int, world: int) -> dict:
             loss_of(model, rank, step).backward()
             out["ddp"].append([p.grad.clone() for p in model.parameters()])
         out["buckets"].append(log)
+    return out
+
+
+def piece_input(rank: int, n: int) -> torch.Tensor:
+    return torch.randn(n, generator=torch.Generator().manual_seed(100 + rank))
+
+
+def scenario_pieces(rank: int, world: int) -> dict:
+    """Direct calls: sizes around multiples of the piece size, with and without padding."""
+    out = {}
+    for n in PIECE_SIZES:
+        t = piece_input(rank, n)
+        out[n] = all_reduce_median_(t, MedianState(piece_shard=4), check=True).clone()
     return out
 
 
@@ -153,6 +168,7 @@ def scenario_mismatch(rank: int, world: int) -> dict:
 
 SCENARIOS = {
     "bitwise": scenario_bitwise,
+    "pieces": scenario_pieces,
     "garbage": scenario_garbage,
     "training": scenario_training,
     "mismatch": scenario_mismatch,  # last: it leaves a DDP model in a failed backward
@@ -275,6 +291,15 @@ def test_every_rank_gets_bitwise_median_of_local_gradients(run, one_thread):
         for rank, r in enumerate(res):
             for i, (got, want) in enumerate(zip(r["ddp"][it], expected)):
                 assert torch.equal(got, want), f"rank {rank}, iteration {it}, param {i}, groups {groups}"
+
+
+def test_pieces_give_bitwise_median(run):
+    """Pipelining: a tensor cut into pieces (last one padded) still gets the exact median."""
+    world, res = scenario(run, "pieces")
+    for n in PIECE_SIZES:
+        expected = cgh_ops.median_of_means(torch.stack([piece_input(r, n) for r in range(world)]), world)
+        for rank, r in enumerate(res):
+            assert torch.equal(r[n], expected), f"rank {rank}, n = {n}"
 
 
 def test_buckets_exercise_padding_and_rebuild(run):

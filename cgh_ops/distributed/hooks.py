@@ -14,7 +14,8 @@ Algorithm, for a flat bucket of ``n`` elements on ``W`` ranks (``s = ceil(n / W)
 3. all-gather the reduced shards back into the bucket.
 
 Each rank sends ``2 * (W - 1) / W * n`` elements, the traffic of a ring all-reduce, where
-all-gathering whole buckets and reducing locally would send ``(W - 1) * n``.
+all-gathering whole buckets and reducing locally would send ``(W - 1) * n``. Large buckets
+go in pieces, pipelined, so that reducing one piece overlaps the transfer of the others.
 """
 
 # No `from __future__ import annotations`: DDP checks median_hook's annotations against
@@ -51,6 +52,9 @@ class MedianState:
             all raise a clear error on a mismatch. Two covers DDP's buckets before and after
             their one-time rebuild after the first iteration; after that they are fixed, and
             the check (one small blocking all-gather per bucket) is skipped.
+        piece_shard: a bucket is exchanged in pieces of ``world * piece_shard`` elements so
+            that the median of one piece overlaps the transfer of the next (the default,
+            2^18, is 1 MiB of float32 per rank and piece). It changes no result.
     """
 
     def __init__(
@@ -59,18 +63,22 @@ class MedianState:
         groups: Optional[int] = None,
         nan: str = "propagate",
         check_iterations: int = 2,
+        piece_shard: int = 1 << 18,
     ) -> None:
         self.omit_nan = _checks.nan_mode(nan, "MedianState")
         if groups is not None and (isinstance(groups, bool) or not isinstance(groups, int)):
             raise TypeError(f"cgh.MedianState: argument 'groups' must be None or an int, got {type(groups).__name__}")
         if groups is not None and groups < 1:
             raise ValueError(f"cgh.MedianState: argument 'groups' must be None or >= 1, got {groups}")
+        if piece_shard < 1:
+            raise ValueError(f"cgh.MedianState: argument 'piece_shard' must be >= 1, got {piece_shard}")
         if check_iterations < 0:
             raise ValueError(f"cgh.MedianState: argument 'check_iterations' must be >= 0, got {check_iterations}")
         self.process_group = process_group
         self.groups = groups
         self.nan = nan
         self.check_iterations = check_iterations
+        self.piece_shard = piece_shard
         # Synchronizing backward passes seen so far (no_sync passes do not call the hook).
         self.iteration = 0
         # One flat scratch tensor, reused by every bucket: the hook is synchronous, so a
@@ -126,6 +134,20 @@ def _check_agreement(flat: Tensor, state: MedianState, groups: int, bucket_index
             )
 
 
+def _pieces(n: int, world: int, piece_shard: int) -> list[tuple[int, int, int]]:
+    """Cut ``n`` elements into pieces ``(start, length, shard)`` of ``world * shard`` slots each.
+
+    Full pieces hold ``world * piece_shard`` elements; the last one holds the rest, padded
+    to a multiple of ``world`` (fewer than ``world`` padding slots in all).
+    """
+    full = world * piece_shard
+    pieces = [(start, full, piece_shard) for start in range(0, n - n % full, full)]
+    rest = n % full
+    if rest:
+        pieces.append((n - rest, rest, -(-rest // world)))
+    return pieces
+
+
 def all_reduce_median_(tensor: Tensor, state: MedianState, *, check: bool = False, bucket_index: int = 0) -> Tensor:
     """In place: ``tensor`` <- the coordinate-wise median of ``tensor`` over the ranks of ``state``.
 
@@ -143,24 +165,43 @@ def all_reduce_median_(tensor: Tensor, state: MedianState, *, check: bool = Fals
     if world == 1 or n == 0:
         return tensor  # the median of one value is that value (NaN included, in both modes)
     group = state.process_group
-    shard = -(-n // world)
-    padded = shard * world
-    # Workspace: [receive buffer | reduced shard | padded send buffer, if n % world != 0].
-    ws = state.workspace(padded + shard + (padded if padded != n else 0), tensor)
-    recv, reduced = ws[:padded], ws[padded : padded + shard]
-    if padded == n:
-        send = tensor  # already [world, shard] when viewed; no copy
-    else:
-        send = ws[padded + shard :]
-        send[:n].copy_(tensor)
-        send[n:].zero_()  # the padding's median is computed and thrown away; keep it finite
-    dist.all_to_all_single(recv, send, group=group)
-    median_of_means(recv.view(world, shard), groups, nan=state.nan, out=reduced)
-    # The send buffer is free again: gather the reduced shards into it (the bucket itself
-    # when no padding was needed), then drop the padding.
-    _all_gather(send, reduced, group=group)
-    if send is not tensor:
-        tensor.copy_(send[:n])
+    # Pipelined over pieces: every all-to-all is issued at once, and each piece is reduced
+    # as soon as its own all-to-all has landed, then all-gathered, so the median of one
+    # piece overlaps the transfers of the others. The collectives are issued in the same
+    # order on every rank (all all-to-alls, then the all-gathers piece by piece), as gloo
+    # and NCCL require. Each coordinate is reduced exactly as without pieces.
+    pieces = _pieces(n, world, state.piece_shard)
+    padded = sum(world * shard for _, _, shard in pieces)
+    last_start, last_len, last_shard = pieces[-1]
+    pad = world * last_shard if world * last_shard != last_len else 0
+    # Workspace: [receive buffers | reduced shards | padded send buffer of the last piece].
+    ws = state.workspace(padded + padded // world + pad, tensor)
+    recv_all, reduced_all = ws[:padded], ws[padded : padded + padded // world]
+    sends, recvs, reduceds = [], [], []
+    offset = 0
+    for start, length, shard in pieces:
+        if world * shard == length:
+            sends.append(tensor[start : start + length])  # already [world, shard]; no copy
+        else:
+            send = ws[padded + padded // world :]
+            send[:length].copy_(tensor[start:])
+            send[length:].zero_()  # the padding's median is computed and thrown away
+            sends.append(send)
+        recvs.append(recv_all[offset : offset + world * shard])
+        reduceds.append(reduced_all[offset // world : offset // world + shard])
+        offset += world * shard
+    to_all = [dist.all_to_all_single(r, s, group=group, async_op=True) for r, s in zip(recvs, sends)]
+    gathers = []
+    for work, send, recv, reduced in zip(to_all, sends, recvs, reduceds):
+        work.wait()
+        median_of_means(recv.view(world, -1), groups, nan=state.nan, out=reduced)
+        # This piece's send buffer is free again: gather the reduced shards into it (the
+        # bucket itself, except for a padded last piece).
+        gathers.append(_all_gather(send, reduced, group=group, async_op=True))
+    for work in gathers:
+        work.wait()
+    if pad:
+        tensor[last_start:].copy_(sends[-1][:last_len])
     return tensor
 
 
@@ -169,15 +210,15 @@ def median_hook(state: MedianState, bucket: dist.GradBucket) -> torch.futures.Fu
 
     Register with ``ddp_model.register_comm_hook(MedianState(...), median_hook)``.
 
-    The collectives run synchronously and the hook returns a completed future. Chaining
-    the all-gather onto the all-to-all's future would launch it from a completion callback,
-    at a time that differs between ranks; with several buckets in flight the ranks would
-    then issue their collectives in different orders, which mismatches the collectives of
-    gloo and NCCL alike. Synchronous calls keep one global order. On NCCL, ``wait()`` only
-    makes the current CUDA stream wait (the CPU runs ahead), so the GPU still overlaps the
-    communication with the rest of the backward pass; the future carries the device so
-    DDP's consumers synchronize with that stream. On gloo the CPU blocks during the
-    exchange of this bucket.
+    The hook waits for its own collectives and returns a completed future. Chaining the
+    all-gather onto the all-to-all's future instead would launch it from a completion
+    callback, at a moment that differs between ranks; with several buckets in flight the
+    ranks would then issue their collectives in different orders, which mismatches the
+    collectives of gloo and NCCL alike. Issuing everything from the hook keeps one global
+    order. On NCCL, ``wait()`` only makes the current CUDA stream wait (the CPU runs
+    ahead), so the GPU still overlaps the exchange with the rest of the backward pass; the
+    future carries the device so that DDP's consumers synchronize with that stream. On
+    gloo the backward pass pauses while this bucket is exchanged.
     """
     flat = bucket.buffer()
     check = state.iteration < state.check_iterations

@@ -107,7 +107,8 @@ def pytest_configure(config):
 
 
 def pytest_generate_tests(metafunc):
-    if "backend" in metafunc.fixturenames:
+    explicit = any("backend" in m.args[0] for m in metafunc.definition.iter_markers("parametrize"))
+    if "backend" in metafunc.fixturenames and not explicit:  # a test may name its own backends
         names = list(BACKENDS)
         if TRITON_INTERPRETED and not metafunc.definition.get_closest_marker("small"):
             names.remove("triton")

@@ -30,7 +30,6 @@ from numbers import Real
 from typing import Callable, Optional
 
 import torch
-from torch import Tensor
 from torch.optim import Optimizer
 
 __all__ = ["M3", "RM3", "RA3"]

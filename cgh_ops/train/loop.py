@@ -16,7 +16,6 @@ import sys
 import time
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 

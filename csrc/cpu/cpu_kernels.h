@@ -37,7 +37,10 @@
 #include <type_traits>
 #include <vector>
 
+// Internal linkage: every kernel file gets its own copy, so the hot helpers are inlined
+// rather than called through the shared library's PLT.
 namespace cgh::cpu {
+namespace {
 
 using at::vec::Vectorized;
 
@@ -57,7 +60,7 @@ inline int64_t grain_for(int64_t n_operands) {
 // ------------------------------------------------------------------ loads and stores
 // Loads `count` (<= W) values at p into the accumulation type; lanes past count are 0.
 template <typename scalar_t, bool kFull>
-inline Vectorized<acc_type<scalar_t>> load_acc(const scalar_t* p, int64_t count) {
+C10_ALWAYS_INLINE Vectorized<acc_type<scalar_t>> load_acc(const scalar_t* p, int64_t count) {
   using acc_t = acc_type<scalar_t>;
   using Vec = Vectorized<acc_t>;
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
@@ -74,7 +77,7 @@ inline Vectorized<acc_type<scalar_t>> load_acc(const scalar_t* p, int64_t count)
 // Stores the first `count` lanes of v at p, rounded to scalar_t (round to nearest even,
 // as Tensor.to()).
 template <typename scalar_t, bool kFull>
-inline void store_acc(scalar_t* p, const Vectorized<acc_type<scalar_t>>& v, int64_t count) {
+C10_ALWAYS_INLINE void store_acc(scalar_t* p, const Vectorized<acc_type<scalar_t>>& v, int64_t count) {
   using acc_t = acc_type<scalar_t>;
   using Vec = Vectorized<acc_t>;
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
@@ -91,24 +94,24 @@ inline void store_acc(scalar_t* p, const Vectorized<acc_type<scalar_t>>& v, int6
 // ------------------------------------------------------------------ exact networks
 // min/max for NaN-free lanes (one instruction each with AVX; NaN is handled by callers).
 template <typename V>
-inline V vmin(const V& a, const V& b) { return at::vec::clamp_max(a, b); }
+C10_ALWAYS_INLINE V vmin(const V& a, const V& b) { return at::vec::clamp_max(a, b); }
 template <typename V>
-inline V vmax(const V& a, const V& b) { return at::vec::clamp_min(a, b); }
+C10_ALWAYS_INLINE V vmax(const V& a, const V& b) { return at::vec::clamp_min(a, b); }
 template <typename V>
-inline void cswap(V& a, V& b) {
+C10_ALWAYS_INLINE void cswap(V& a, V& b) {
   const V lo = vmin(a, b);
   b = vmax(a, b);
   a = lo;
 }
 
 template <typename V>
-inline V median3_net(const V& a, const V& b, const V& c) {
+C10_ALWAYS_INLINE V median3_net(const V& a, const V& b, const V& c) {
   return vmax(vmin(a, b), vmin(vmax(a, b), c));
 }
 
 // The 7-exchange median-of-5 network (Devillard / Paeth), pruned to the ops that feed v2.
 template <typename V>
-inline V median5_net(V v0, V v1, V v2, V v3, V v4) {
+C10_ALWAYS_INLINE V median5_net(V v0, V v1, V v2, V v3, V v4) {
   cswap(v0, v1);
   cswap(v3, v4);
   v3 = vmax(v0, v3);  // cswap(v0, v3), v0 unused after
@@ -182,8 +185,9 @@ struct ValueBlock {
     }
   }
   bool small() const { return k <= kMaxNet; }
-  void set(int64_t j, const Vec& x) {
-    if (small()) v[j] = x;
+  template <int K = 0>
+  C10_ALWAYS_INLINE void set(int64_t j, const Vec& x) {
+    if (K || small()) v[j] = x;
     else x.store(lanes.data() + j * W);
   }
   // Makes the network-held values readable per lane (before gather on a small block).
@@ -196,6 +200,22 @@ struct ValueBlock {
     acc_t* dst = small() ? tmp_small : tmp_big.data();
     for (int64_t j = 0; j < k; ++j) dst[j] = src[j * W + l];
     return dst;
+  }
+  // Whether any lane of any (network-held) value is NaN. Cheap test first: v - v is 0
+  // for finite v and NaN for NaN and +-Inf, so plain arithmetic clears the common block;
+  // only a block holding a NaN or an Inf pays for the exact per-lane test.
+  template <int K>
+  C10_ALWAYS_INLINE bool may_have_nan() const {
+    const int64_t kk = K ? K : k;
+    Vec t = v[0] - v[0];
+    for (int64_t j = 1; j < kk; ++j) t = t + (v[j] - v[j]);
+    // t's lanes are +0 (all bits clear) or NaN: OR their bits (integer ops vectorize).
+    using bits_t = std::conditional_t<sizeof(acc_t) == 8, uint64_t, uint32_t>;
+    __at_align__ bits_t bits[W];
+    t.store(bits);
+    bits_t any = 0;
+    for (int64_t l = 0; l < W; ++l) any |= bits[l];
+    return any != 0;
   }
   // Lanes where any of the k (network-held) values is NaN: all-ones bits there.
   Vec nan_mask() const {
@@ -226,16 +246,21 @@ inline Vectorized<acc_t> per_lane(ValueBlock<acc_t>& b, int64_t count, F f) {
   return Vectorized<acc_t>::loadu(res);
 }
 
-// The median of a block's k values, coordinate-wise (b.v is clobbered).
-template <typename acc_t>
-inline Vectorized<acc_t> median(ValueBlock<acc_t>& b, bool omit_nan, int64_t count) {
+// The median of a block's k values, coordinate-wise (b.v is clobbered). K: k when it is
+// known at compile time (the hot k = 3), else 0.
+template <int K, typename acc_t>
+C10_ALWAYS_INLINE Vectorized<acc_t> median(ValueBlock<acc_t>& b, bool omit_nan, int64_t count) {
   using Vec = Vectorized<acc_t>;
-  const int64_t k = b.k;
-  if (!b.small())
+  const int64_t k = K ? K : b.k;
+  if (!K && !b.small())
     return per_lane(b, count, [&](acc_t* v) { return median_scalar(v, k, omit_nan); });
   if (k == 1) return b.v[0];
-  const Vec nan = b.nan_mask();
-  const bool has_nan = any_lane(nan);
+  Vec nan;
+  bool has_nan = false;
+  if (b.template may_have_nan<K>()) {
+    nan = b.nan_mask();
+    has_nan = any_lane(nan);
+  }
   // Omit mode: a block with a NaN takes the scalar path (the count of kept values varies
   // per coordinate); NaN-free blocks, the common case, stay on the network.
   if (omit_nan && has_nan)
@@ -254,12 +279,17 @@ inline Vectorized<acc_t> median(ValueBlock<acc_t>& b, bool omit_nan, int64_t cou
 
 // Trimmed / winsorized mean of a block's k values, coordinate-wise (b.v is clobbered).
 template <typename acc_t>
-inline Vectorized<acc_t> sorted_mean(ValueBlock<acc_t>& b, int64_t trim, bool winsorize, int64_t count) {
+C10_ALWAYS_INLINE Vectorized<acc_t> sorted_mean(ValueBlock<acc_t>& b, int64_t trim, bool winsorize, int64_t count) {
   using Vec = Vectorized<acc_t>;
   const int64_t k = b.k;
   if (!b.small())
     return per_lane(b, count, [&](acc_t* v) { return sorted_mean_scalar(v, k, trim, winsorize); });
-  const Vec nan = b.nan_mask();
+  Vec nan;
+  bool has_nan = false;
+  if (b.template may_have_nan<0>()) {
+    nan = b.nan_mask();
+    has_nan = any_lane(nan);
+  }
   sort_net(b.v, static_cast<int>(k));
   Vec total;
   if (!winsorize) {
@@ -271,16 +301,28 @@ inline Vectorized<acc_t> sorted_mean(ValueBlock<acc_t>& b, int64_t trim, bool wi
     for (int64_t p = 1; p < k; ++p) total = total + b.v[std::clamp(p, trim, k - 1 - trim)];
     total = total / Vec(static_cast<acc_t>(k));
   }
-  return any_lane(nan) ? Vec::blendv(total, Vec(nan_value<acc_t>()), nan) : total;
+  return has_nan ? Vec::blendv(total, Vec(nan_value<acc_t>()), nan) : total;
 }
 
 // ------------------------------------------------------------------ runs and blocks
+// run_blocks is compiled twice on x86-64 Linux (GCC function multi-versioning): for the
+// baseline ISA and for AVX2, chosen once at load time from cpuid by the dynamic linker
+// (ifunc). The helpers above are inlined into each clone, so at::vec's portable Vectorized
+// loops become 256-bit code in the AVX2 clone, while the .so still loads and runs on a
+// plain x86-64 machine. -ffp-contract=off still applies: no multiply-add is fused.
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) && \
+    !defined(CGH_NO_TARGET_CLONES)
+#define CGH_TARGET_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CGH_TARGET_CLONES
+#endif
+
 // Calls step.template apply<kFull>(in, out, i, count) over the coordinates [0, n) of one
 // run, in blocks of W = Vectorized<acc_t>::size() (count == W when kFull). in[j] / out[j]
 // point at contiguous memory, the block being [i, i + count) of it. data/strides are the
 // run's operands (n_out outputs first), strides in bytes.
 template <typename scalar_t, typename Step>
-void run_blocks(char** data, const int64_t* strides, int64_t n, int64_t n_out, int64_t n_in, Step& step) {
+CGH_TARGET_CLONES void run_blocks(char** data, const int64_t* strides, int64_t n, int64_t n_out, int64_t n_in, Step& step) {
   constexpr int64_t W = Vectorized<acc_type<scalar_t>>::size();
   const int64_t n_ops = n_out + n_in;
   bool contiguous = true;
@@ -365,4 +407,5 @@ void for_each_run(c10::ArrayRef<at::Tensor> ops, int64_t n_out, const Body& body
       grain);
 }
 
+}  // namespace
 }  // namespace cgh::cpu

@@ -36,7 +36,8 @@ std::vector<int64_t> group_bounds(int64_t m, int64_t groups) {
   return first;
 }
 
-template <typename scalar_t>
+// K: the number of groups when fixed at compile time (3, the hot case), else 0.
+template <typename scalar_t, int K>
 struct MedianOfMeansStep {
   using acc_t = acc_type<scalar_t>;
   using Vec = Vectorized<acc_t>;
@@ -46,13 +47,14 @@ struct MedianOfMeansStep {
 
   template <bool kFull>
   void apply(const scalar_t* const* in, scalar_t* const* out, int64_t i, int64_t count) {
-    for (int64_t g = 0; g < block.k; ++g) {
+    const int64_t k = K ? K : block.k;
+    for (int64_t g = 0; g < k; ++g) {
       // Rows summed in order, then divided by the row count (the reference's rule).
       Vec sum = load_acc<scalar_t, kFull>(in[first[g]] + i, count);
       for (int64_t r = first[g] + 1; r < first[g + 1]; ++r) sum = sum + load_acc<scalar_t, kFull>(in[r] + i, count);
-      block.set(g, sum / Vec(static_cast<acc_t>(first[g + 1] - first[g])));
+      block.template set<K>(g, sum / Vec(static_cast<acc_t>(first[g + 1] - first[g])));
     }
-    store_acc<scalar_t, kFull>(out[0] + i, median(block, omit_nan, count), count);
+    store_acc<scalar_t, kFull>(out[0] + i, median<K>(block, omit_nan, count), count);
   }
 };
 
@@ -63,8 +65,13 @@ void median_of_means_into(const at::Tensor& x, int64_t groups, bool omit_nan, co
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "cgh::median_of_means (CPU)", [&] {
     for_each_run(ops, 1, [&](char** data, const int64_t* strides, int64_t n) {
       ValueBlock<acc_type<scalar_t>> block(groups);
-      MedianOfMeansStep<scalar_t> step{first.data(), omit_nan, block};
-      run_blocks<scalar_t>(data, strides, n, 1, m, step);
+      if (groups == 3) {
+        MedianOfMeansStep<scalar_t, 3> step{first.data(), omit_nan, block};
+        run_blocks<scalar_t>(data, strides, n, 1, m, step);
+      } else {
+        MedianOfMeansStep<scalar_t, 0> step{first.data(), omit_nan, block};
+        run_blocks<scalar_t>(data, strides, n, 1, m, step);
+      }
     });
   });
 }
@@ -110,8 +117,8 @@ struct Median3Step {
 
   template <bool kFull>
   void apply(const scalar_t* const* in, scalar_t* const* out, int64_t i, int64_t count) {
-    for (int64_t j = 0; j < 3; ++j) block.set(j, load_acc<scalar_t, kFull>(in[j] + i, count));
-    store_acc<scalar_t, kFull>(out[0] + i, median(block, omit_nan, count), count);
+    for (int64_t j = 0; j < 3; ++j) block.template set<3>(j, load_acc<scalar_t, kFull>(in[j] + i, count));
+    store_acc<scalar_t, kFull>(out[0] + i, median<3>(block, omit_nan, count), count);
   }
 };
 

@@ -19,7 +19,7 @@ namespace {
 
 // ------------------------------------------------------------------ running median
 // in: grad, history[0..R); out: grad, then history[slot] if write_slot.
-template <typename scalar_t>
+template <typename scalar_t, int K>  // K: R + 1 when fixed at compile time (3), else 0
 struct RunningMedianStep {
   using acc_t = acc_type<scalar_t>;
   bool omit_nan;
@@ -28,8 +28,9 @@ struct RunningMedianStep {
 
   template <bool kFull>
   void apply(const scalar_t* const* in, scalar_t* const* out, int64_t i, int64_t count) {
-    for (int64_t j = 0; j < block.k; ++j) block.set(j, load_acc<scalar_t, kFull>(in[j] + i, count));
-    const auto med = median(block, omit_nan, count);
+    const int64_t k = K ? K : block.k;
+    for (int64_t j = 0; j < k; ++j) block.template set<K>(j, load_acc<scalar_t, kFull>(in[j] + i, count));
+    const auto med = median<K>(block, omit_nan, count);
     // The raw gradient, bit for bit, before the gradient is overwritten.
     if (write_slot) std::memcpy(out[1] + i, in[0] + i, static_cast<size_t>(count) * sizeof(scalar_t));
     store_acc<scalar_t, kFull>(out[0] + i, med, count);
@@ -46,8 +47,13 @@ void running_median_one(const at::Tensor& grad, at::TensorList mine, int64_t slo
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "cgh::running_median_ (CPU)", [&] {
     for_each_run(ops, n_out, [&](char** data, const int64_t* strides, int64_t n) {
       ValueBlock<acc_type<scalar_t>> block(R + 1);
-      RunningMedianStep<scalar_t> step{omit_nan, slot >= 0, block};
-      run_blocks<scalar_t>(data, strides, n, n_out, R + 1, step);
+      if (R == 2) {
+        RunningMedianStep<scalar_t, 3> step{omit_nan, slot >= 0, block};
+        run_blocks<scalar_t>(data, strides, n, n_out, R + 1, step);
+      } else {
+        RunningMedianStep<scalar_t, 0> step{omit_nan, slot >= 0, block};
+        run_blocks<scalar_t>(data, strides, n, n_out, R + 1, step);
+      }
     });
   });
 }
@@ -94,7 +100,7 @@ struct RingStep {
     if (reduce == Reduce::Median) {
       block.set(0, g);
       for (int64_t j = 1; j < block.k; ++j) block.set(j, load_acc<scalar_t, kFull>(in[1 + j] + i, count));
-      r = median(block, omit_nan, count);
+      r = median<0>(block, omit_nan, count);
     } else if (reduce == Reduce::Mean) {
       r = g;  // summed in order g, history[0], ..., then divided by the count
       for (int64_t j = 1; j < block.k; ++j) r = r + load_acc<scalar_t, kFull>(in[1 + j] + i, count);

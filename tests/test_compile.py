@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import cgh_ops  # noqa: F401  (defines the ops)
+import cgh_ops  # noqa: F401  (defines the ops and loads the native kernels)
 from cgh_ops._ops import SCHEMAS
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -498,9 +498,8 @@ def test_ring_step_(backend, reduce, weight_decay, slot, R):
 
 
 # ------------------------------------------------------- every op, one small case
-def _small_case(name: str, backend):
-    """(callable running op ``name`` on ``backend``, NumPy expectation, terms) for a tiny input."""
-    x = with_specials(randn(6, 5, 7))
+def _small_case(name: str, backend, x: torch.Tensor):
+    """(callable running op ``name`` on ``backend``, NumPy expectation, terms) for ``x [6, 5, 7]``."""
     xn = as_np(x)
     d = backend.put
     if name == "median_of_means":  # 3 groups of 2 rows: averaged means, odd count
@@ -547,9 +546,9 @@ SMALL_CASES = [
 @pytest.mark.parametrize("name", SMALL_CASES)
 def test_every_op_small_case(backend, name):
     # smoke: one tiny case per op, cheap enough for every backend (Triton's interpreter too).
-    run, expected, terms = _small_case(name, backend)
-    got = run()
-    npref.assert_close(got, expected, terms=terms, scale=npref.finite_scale(expected, 6.0), msg=name)
+    x = with_specials(randn(6, 5, 7))
+    run, expected, terms = _small_case(name, backend, x)
+    npref.assert_close(run(), expected, terms=terms, scale=npref.finite_scale(as_np(x)), msg=name)
 
 
 # ------------------------------------------------------------------- determinism

@@ -170,7 +170,10 @@ def run_torchrun(args) -> list[dict]:
 
 
 def table(records: list[dict]) -> str:
-    head = f"{'backend':7} {'W':>2} {'n':>9} {'method':16} {'ms':>9} {'x allreduce':>11} {'MB sent/rank':>12} {'MB model':>9}"
+    head = (
+        f"{'backend':7} {'W':>2} {'n':>9} {'method':16} {'ms':>9} {'x allreduce':>11} "
+        f"{'MB sent/rank':>12} {'MB model':>9}"
+    )
     lines = [head, "-" * len(head)]
     base = {(r["world"], r["n"]): r["seconds"] for r in records if r["method"] == "allreduce"}
     for r in records:

@@ -103,7 +103,7 @@ class MedianState:
         return ws[:numel]
 
 
-def _check_agreement(flat: Tensor, state: MedianState, groups: int, bucket_index: int) -> None:
+def _check_agreement(flat: Tensor, state: MedianState, groups: int, bucket_index: Optional[int]) -> None:
     """All ranks compare (numel, dtype, groups, nan) and raise the same error on a mismatch.
 
     The exchange has a fixed size, so it completes even when the buckets differ, where the
@@ -127,10 +127,14 @@ def _check_agreement(flat: Tensor, state: MedianState, groups: int, bucket_index
 
     for r in range(world):
         if rows[r] != rows[rank]:
+            if bucket_index is None:
+                where, hint = "cgh.all_reduce_median_: ranks disagree on argument 'tensor'", "the same tensor size"
+            else:
+                where = f"cgh.median_hook: ranks disagree on gradient bucket {bucket_index}"
+                hint = "the same model and DDP settings"
             raise RuntimeError(
-                f"cgh.median_hook: ranks disagree on gradient bucket {bucket_index}: {describe(rank)}, "
-                f"{describe(r)}. Every rank must wrap the same model with the same DDP settings "
-                "(bucket_cap_mb, find_unused_parameters) and the same MedianState(groups, nan)."
+                f"{where}: {describe(rank)}, {describe(r)}. Every rank must use {hint}, "
+                "the same dtype and the same MedianState(groups, nan)."
             )
 
 
@@ -148,13 +152,15 @@ def _pieces(n: int, world: int, piece_shard: int) -> list[tuple[int, int, int]]:
     return pieces
 
 
-def all_reduce_median_(tensor: Tensor, state: MedianState, *, check: bool = False, bucket_index: int = 0) -> Tensor:
+def all_reduce_median_(
+    tensor: Tensor, state: MedianState, *, check: bool = False, bucket_index: Optional[int] = None
+) -> Tensor:
     """In place: ``tensor`` <- the coordinate-wise median of ``tensor`` over the ranks of ``state``.
 
     ``tensor`` is flat and contiguous (a DDP bucket), of the same size on every rank. Every
     rank ends with bitwise the same result: ``median_of_means(stack(ranks' tensors), groups)``.
-    ``check=True`` first verifies that all ranks agree on size, dtype and settings.
-    Collective: every rank of the group must call it, in the same order.
+    ``check=True`` first verifies that all ranks agree on size, dtype and settings
+    (``bucket_index``: the DDP bucket being reduced, for the error message). Collective: every rank of the group must call it, in the same order.
     """
     if not isinstance(tensor, Tensor) or tensor.dim() != 1 or not tensor.is_contiguous():
         raise ValueError("cgh.all_reduce_median_: argument 'tensor' must be a flat, contiguous Tensor")

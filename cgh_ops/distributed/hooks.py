@@ -81,10 +81,10 @@ class MedianState:
         self.piece_shard = piece_shard
         # Synchronizing backward passes seen so far (no_sync passes do not call the hook).
         self.iteration = 0
-        # One flat scratch tensor, reused by every bucket: the hook is synchronous, so a
-        # bucket is done with it before the next one starts. Fresh bucket-sized tensors
-        # would cost page faults on the CPU at every call.
-        self._workspace: Optional[Tensor] = None
+        # One flat scratch tensor per (dtype, device), reused by every bucket: the hook waits
+        # for its collectives, so a bucket is done with it before the next one starts.
+        # Fresh bucket-sized tensors would cost page faults on the CPU at every call.
+        self._workspaces: dict[tuple[torch.dtype, torch.device], Tensor] = {}
         if dist.is_available() and dist.is_initialized():
             self.world_groups()  # fail early on a bad 'groups'
 
@@ -97,14 +97,17 @@ class MedianState:
         return world, groups
 
     def workspace(self, numel: int, like: Tensor) -> Tensor:
-        ws = self._workspace
-        if ws is None or ws.numel() < numel or ws.dtype != like.dtype or ws.device != like.device:
-            ws = self._workspace = torch.empty(numel, dtype=like.dtype, device=like.device)
+        """``numel`` scratch elements of ``like``'s dtype and device (grown to the largest bucket)."""
+        key = (like.dtype, like.device)
+        ws = self._workspaces.get(key)
+        if ws is None or ws.numel() < numel:
+            ws = self._workspaces[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
         return ws[:numel]
 
 
 def _check_agreement(flat: Tensor, state: MedianState, groups: int, bucket_index: Optional[int]) -> None:
-    """All ranks compare (numel, dtype, groups, nan) and raise the same error on a mismatch.
+    """All ranks compare (numel, dtype, groups, nan); on a mismatch every rank raises,
+    naming itself and a rank that differs.
 
     The exchange has a fixed size, so it completes even when the buckets differ, where the
     all-to-all of mismatched sizes would fail with an obscure transport error or hang.

@@ -2,9 +2,8 @@
 
 Each world size is one launch of fresh processes (forked from a forkserver; loopback only,
 rendezvous through a TCPStore that the test process serves on a free port) that runs every
-scenario in turn and
-saves what it saw; the tests below compare that with a single-process computation made
-with ``cgh_ops.median_of_means``. Launches are bounded by a deadline and then killed, so a
+scenario in turn and saves what it saw; the tests below compare that with a
+single-process computation made with ``cgh_ops.median_of_means``. Launches are bounded by a deadline and then killed, so a
 hang fails the test instead of stalling the suite.
 """
 

@@ -3,8 +3,8 @@
 Each world size is one launch of fresh processes (forked from a forkserver; loopback only,
 rendezvous through a TCPStore that the test process serves on a free port) that runs every
 scenario in turn and saves what it saw; the tests below compare that with a
-single-process computation made with ``cgh_ops.median_of_means``. Launches are bounded by a deadline and then killed, so a
-hang fails the test instead of stalling the suite.
+single-process computation made with ``cgh_ops.median_of_means``. Launches are bounded by
+a deadline and then killed, so a hang fails the test instead of stalling the suite.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed with gloo"
 )
 
-LAUNCH_DEADLINE_S = 120  # one launch (spawn + all scenarios) on 2 busy cores takes ~15 s
+LAUNCH_DEADLINE_S = 120  # one launch (start + all scenarios) takes 5-15 s on 2 busy cores
 PG_TIMEOUT_S = 30
 KILL_PG_TIMEOUT_S = 5
 STEPS = 3  # training steps; > 1 so that DDP's bucket rebuild after the first one is covered

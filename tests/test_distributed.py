@@ -36,6 +36,7 @@ BATCH = 8
 # ~25 float32 per bucket: several buckets, most of a size that no world size divides.
 BUCKET_CAP_MB = 1e-4
 PIECE_SIZES = (1, 11, 12, 13, 16, 17, 48, 50)  # with piece_shard=4: one, several, padded last pieces
+OTHER_DTYPES = (torch.float16, torch.bfloat16, torch.float64)
 
 
 # ---------------------------------------------------------------------- shared helpers
@@ -109,11 +110,15 @@ def piece_input(rank: int, n: int) -> torch.Tensor:
 
 
 def scenario_pieces(rank: int, world: int) -> dict:
-    """Direct calls: sizes around multiples of the piece size, with and without padding."""
+    """Direct calls: sizes around multiples of the piece size, with and without padding;
+    then the other float dtypes DDP buckets can hold (mixed precision, float64)."""
     out = {}
     for n in PIECE_SIZES:
         t = piece_input(rank, n)
         out[n] = all_reduce_median_(t, MedianState(piece_shard=4), check=True).clone()
+    for dtype in OTHER_DTYPES:
+        t = piece_input(rank, 37).to(dtype)
+        out[dtype] = all_reduce_median_(t, MedianState(piece_shard=4), check=True).clone()
     return out
 
 
@@ -300,6 +305,15 @@ def test_pieces_give_bitwise_median(run):
         expected = cgh_ops.median_of_means(torch.stack([piece_input(r, n) for r in range(world)]), world)
         for rank, r in enumerate(res):
             assert torch.equal(r[n], expected), f"rank {rank}, n = {n}"
+
+
+@pytest.mark.parametrize("dtype", OTHER_DTYPES, ids=str)
+def test_other_dtypes_give_bitwise_median(run, dtype):
+    """Mixed precision: float16/bfloat16 (and float64) buckets go through gloo and the op exactly."""
+    world, res = scenario(run, "pieces")
+    expected = cgh_ops.median_of_means(torch.stack([piece_input(r, 37).to(dtype) for r in range(world)]), world)
+    for rank, r in enumerate(res):
+        assert r[dtype].dtype == dtype and torch.equal(r[dtype], expected), f"rank {rank}"
 
 
 def test_buckets_exercise_padding_and_rebuild(run):

@@ -12,7 +12,8 @@ the numbers are the optimizer's own cost. Contenders:
 * ``official_loop``: the authors' RM3 ``step()`` (``bench.peers.OfficialStyleRM3``).
 
 Steps are timed in cycles of 3 (M3 updates the weights on every third step only), after
-3 warm-up steps (RM3's start-up); ``seconds`` is the median cycle divided by 3. ``bytes``
+3 warm-up steps (RM3's start-up); ``seconds`` is the median cycle divided by 3 (at least 3
+cycles, 1 with ``--quick``, more while the time budget lasts). ``bytes``
 is the minimum traffic per step (SGD reads p and g and writes p; the window-3 medians also
 read two history tensors and write one), averaged over the cycle for M3.
 """
@@ -97,7 +98,8 @@ def run(device: torch.device, quick: bool = False, log: Callable[[str], None] = 
         mem.start()
         cycles = []
         t_end = time.perf_counter() + budget
-        while len(cycles) < 3 or (time.perf_counter() < t_end and len(cycles) < 50):
+        min_cycles = 1 if quick else 3
+        while len(cycles) < min_cycles or (time.perf_counter() < t_end and len(cycles) < 50):
             sync()
             t0 = time.perf_counter()
             with torch.no_grad():
@@ -124,7 +126,8 @@ def run(device: torch.device, quick: bool = False, log: Callable[[str], None] = 
     return records
 
 
-def print_table(records: list[dict], file=sys.stdout) -> None:
+def print_table(records: list[dict], file=None) -> None:
+    file = file or sys.stdout
     if not records:
         return
     print(f"\noptimizer step over resnet50 ({records[0]['n']} values in {records[0]['list_len']} tensors)", file=file)

@@ -360,7 +360,8 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def print_table(records: list[dict], file=sys.stdout) -> None:
+def print_table(records: list[dict], file=None) -> None:
+    file = file or sys.stdout
     header = f"{'op':<24}{'k':>3} {'dtype':<9}{'n':>6}  {'backend':<15}{'variant':<8}{'kernel':<10}" \
              f"{'ms':>11}{'GB/s':>9}{'of copy':>9}{'peak MB':>10}"
     print(header, file=file)

@@ -25,7 +25,7 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 
 
 @pytest.fixture(params=["cuda", "triton"])
-def backend(request):
+def cuda_backend(request):
     if request.param == "cuda" and not HAS_CUDA_KERNELS:
         pytest.skip("cgh_ops._C has no CUDA kernels")
     if request.param == "triton":
@@ -59,8 +59,8 @@ def specials(x):
     "m, groups", [(3, 3), (7, 3), (4, 2), (40, 3), (40, 40)], ids=["k3", "uneven", "even", "streaming", "aten-k40"]
 )
 @pytest.mark.parametrize("nan", ["propagate", "omit"])
-def test_median_of_means(backend, dtype, m, groups, nan):
-    if backend == "triton" and m == 40:
+def test_median_of_means(cuda_backend, dtype, m, groups, nan):
+    if cuda_backend == "triton" and m == 40:
         pytest.skip("Triton unrolls the rows: sized for the optimizers' few rows")
     x = specials(rand(m, 33, 129, dtype=dtype))  # 129: a vector tail on every row
     got = cgh_ops.median_of_means(x, groups, nan=nan)
@@ -71,7 +71,7 @@ def test_median_of_means(backend, dtype, m, groups, nan):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_median3_matches_torch_median(backend, dtype):
+def test_median3_matches_torch_median(cuda_backend, dtype):
     a, b, c = specials(rand(3, 1000, 7, dtype=dtype))
     got = cgh_ops.median3(a, b, c)
     assert same(got, torch.median(torch.stack([a, b, c]), 0).values)
@@ -80,13 +80,13 @@ def test_median3_matches_torch_median(backend, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("m, trim", [(5, 1), (8, 3), (33, 5)], ids=["m5", "even-m", "aten-m33"])
-def test_trimmed_and_winsorized(backend, dtype, m, trim):
+def test_trimmed_and_winsorized(cuda_backend, dtype, m, trim):
     x = specials(rand(m, 257, dtype=dtype))
     assert same(cgh_ops.trimmed_mean(x, trim), reference.trimmed_mean(x, trim))
     assert same(cgh_ops.winsorized_mean(x, trim), reference.winsorized_mean(x, trim))
 
 
-def test_foreach_one_list_many_shapes(backend):
+def test_foreach_one_list_many_shapes(cuda_backend):
     xs = [rand(3, 1000, seed=1), rand(3, 3, 5, seed=2), rand(5, 70, seed=3), rand(3, 1, seed=4)[:, :0]]
     for got, exp in zip(cgh_ops.foreach_median_of_means(xs, 3), reference.foreach_median_of_means(xs, 3)):
         assert same(got, exp)
@@ -94,7 +94,7 @@ def test_foreach_one_list_many_shapes(backend):
 
 @pytest.mark.parametrize("reduce, slot, wd", [("median", 1, 0.01), ("mean", 0, 0.0), ("none", 2, 0.1)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-def test_ring_step_and_running_median(backend, reduce, slot, wd, dtype):
+def test_ring_step_and_running_median(cuda_backend, reduce, slot, wd, dtype):
     # 60 parameters: more than one ListMeta (48 tensors) per launch.
     params = [rand(17 + i, dtype=dtype, seed=i) for i in range(60)]
     grads = [rand(*p.shape, dtype=dtype, seed=100 + i) for i, p in enumerate(params)]
@@ -111,7 +111,7 @@ def test_ring_step_and_running_median(backend, reduce, slot, wd, dtype):
     assert all(same(a, b) for a, b in zip(g + h2, g_ref + h2_ref))
 
 
-def test_bitwise_deterministic(backend):
+def test_bitwise_deterministic(cuda_backend):
     x = rand(7, 1 << 20, dtype=torch.bfloat16)
     first = cgh_ops.median_of_means(x, 3)
     for _ in range(3):
@@ -120,14 +120,14 @@ def test_bitwise_deterministic(backend):
 
 @pytest.mark.skipif(not HAS_CPU_KERNELS, reason="no native CPU kernels to compare with")
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_equal_to_cpu_kernels(backend, dtype):
+def test_equal_to_cpu_kernels(cuda_backend, dtype):
     x = specials(rand(6, 4097, dtype=dtype))
     assert same(cgh_ops.median_of_means(x, 3), cgh_ops.median_of_means(x.cpu(), 3))
     assert same(cgh_ops.median3(x[0], x[1], x[2]), cgh_ops.median3(x[0].cpu(), x[1].cpu(), x[2].cpu()))
     assert same(cgh_ops.trimmed_mean(x, 2), cgh_ops.trimmed_mean(x.cpu(), 2))
 
 
-def test_non_default_stream(backend):
+def test_non_default_stream(cuda_backend):
     # The kernels launch on the current stream: work queued on a side stream stays ordered.
     s = torch.cuda.Stream()
     x = rand(3, 1 << 22)
@@ -139,7 +139,7 @@ def test_non_default_stream(backend):
     assert same(got, expected)
 
 
-def test_more_than_2_31_elements(backend):
+def test_more_than_2_31_elements(cuda_backend):
     # 3 x 2^31 + 5 bf16 values (12 GiB): offsets past 2^31 in each row.
     free, _ = torch.cuda.mem_get_info()
     n = (1 << 31) + 5
@@ -155,7 +155,7 @@ def test_more_than_2_31_elements(backend):
     del x, got
 
 
-def test_compiles_with_torch_compile(backend):
+def test_compiles_with_torch_compile(cuda_backend):
     # The Triton ops are transparent to Inductor; the CUDA ops are opaque calls: both trace.
     x = rand(3, 4096)
 

@@ -198,8 +198,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     prepare_out(args.out, args.overwrite, OUTPUTS)
     if args.merge:
-        summary = [r for d in args.merge for r in _read_csv(os.path.join(d, "summary.csv"))]
-        epochs = [r for d in args.merge for r in _read_csv(os.path.join(d, "epochs.csv"))]
+        # Settings in grid order, noise from high to low, methods in the order of the comparison.
+        order = {m.name: i for i, m in enumerate(standard_methods(args.k))}
+
+        def key(r: Dict):
+            return (r["width"], r["base_batch"], -r["corrupt_fraction"], order.get(r["method"], len(order)), r["seed"])
+
+        summary = sorted((r for d in args.merge for r in _read_csv(os.path.join(d, "summary.csv"))), key=key)
+        epochs = sorted((r for d in args.merge for r in _read_csv(os.path.join(d, "epochs.csv"))),
+                        key=lambda r: (key(r), r["epoch"]))
         write_csv(f"{args.out}/summary.csv", summary)
         write_csv(f"{args.out}/epochs.csv", epochs)
     else:

@@ -2,6 +2,7 @@
 
     python -m cgh_ops.experiments.memorization --out runs/memorization          # the full grid
     python -m cgh_ops.experiments.memorization --quick --out runs/mem-quick     # CI size
+    python -m cgh_ops.experiments.memorization --merge runs/a runs/b --out runs/ab  # combine grids
 
 A grid of (model width) x (base batch size) x (label noise) x (seed) x (method); every cell is
 one training run on the same in-memory data. Methods: the paper's SGD baseline (momentum 0.9),
@@ -15,7 +16,7 @@ Writes to ``--out``:
                 (against the noisy labels: memorization), train_acc, test_acc, gap
                 (train_acc - test_acc), the configuration and the wall time
   epochs.csv    one row per run and epoch: the same accuracies and the losses
-  table.csv     mean, std, min and max over seeds per (width, batch, noise, method)
+  table.csv     mean, std, min and max over seeds per (width, batch, epochs, noise, method)
   table.md      the same as mean ± std (sample std over seeds)
   curves.png    corrupt and test accuracy per epoch, mean over seeds with the min-max band
 """
@@ -46,7 +47,7 @@ from .common import (
 )
 
 OUTPUTS = ("summary.csv", "epochs.csv", "table.csv", "table.md", "curves.png")
-GROUP_KEYS = ("width", "base_batch", "corrupt_fraction", "method")
+GROUP_KEYS = ("width", "base_batch", "epochs", "corrupt_fraction", "method")
 METRICS = ("pristine_acc", "corrupt_acc", "test_acc", "gap")
 
 
@@ -146,19 +147,24 @@ def _accuracies(correct: torch.Tensor, corrupt: torch.Tensor) -> Dict[str, float
 
 
 def plot_curves(epochs: List[Dict], path: str) -> None:
-    """Rows: (width, batch, noise) settings with corrupt examples; columns: corrupt and test
-    accuracy per epoch; a line per method (mean over seeds) with its min-max band."""
+    """Rows: (width, batch, epochs, noise) settings with corrupt examples; columns: corrupt and
+    test accuracy per epoch; a line per method (mean over seeds) with its min-max band."""
     plt = pyplot()
-    settings = sorted({(r["width"], r["base_batch"], r["corrupt_fraction"]) for r in epochs})
-    settings = [s for s in settings if s[2] > 0] or settings  # corrupt accuracy needs noise
+    def setting(r: Dict):
+        return r["width"], r["base_batch"], r["epochs"], r["corrupt_fraction"]
+
+    settings = sorted({setting(r) for r in epochs}, key=lambda s: (s[0], s[1], s[2], -s[3]))
+    settings = [s for s in settings if s[3] > 0] or settings  # corrupt accuracy needs noise
     methods = list(dict.fromkeys(r["method"] for r in epochs))
     fig, axes = plt.subplots(len(settings), 2, figsize=(11, 3.2 * len(settings)), squeeze=False)
     colors = plt.get_cmap("tab10")
-    for row, (w, b, f) in enumerate(settings):
+    for row, (w, b, e, f) in enumerate(settings):
         for col, metric in enumerate(("corrupt_acc", "test_acc")):
             ax = axes[row][col]
             for mi, m in enumerate(methods):
-                rs = [r for r in epochs if (r["width"], r["base_batch"], r["corrupt_fraction"], r["method"]) == (w, b, f, m)]
+                rs = [r for r in epochs if setting(r) == (w, b, e, f) and r["method"] == m]
+                if not rs:
+                    continue
                 by_epoch: Dict[float, List[float]] = {}
                 for r in rs:
                     by_epoch.setdefault(r["epoch"], []).append(r[metric])
@@ -170,6 +176,7 @@ def plot_curves(epochs: List[Dict], path: str) -> None:
                                 color=colors(mi % 10), alpha=0.12, lw=0)
             what = "corrupt train accuracy (noisy labels)" if metric == "corrupt_acc" else "test accuracy"
             ax.set_title(f"{what}\nwidth {w}, batch {b}, noise {f:g}", fontsize=9)
+            ax.set_xlim(0, e)
             ax.set_xlabel("epoch")
             ax.set_ylim(0, 1.02)
             ax.grid(alpha=0.3)
@@ -202,7 +209,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         order = {m.name: i for i, m in enumerate(standard_methods(args.k))}
 
         def key(r: Dict):
-            return (r["width"], r["base_batch"], -r["corrupt_fraction"], order.get(r["method"], len(order)), r["seed"])
+            return (r["width"], r["base_batch"], r["epochs"], -r["corrupt_fraction"],
+                    order.get(r["method"], len(order)), r["seed"])
 
         summary = sorted((r for d in args.merge for r in _read_csv(os.path.join(d, "summary.csv"))), key=key)
         epochs = sorted((r for d in args.merge for r in _read_csv(os.path.join(d, "epochs.csv"))),

@@ -128,19 +128,26 @@ def synchronizer(device: torch.device) -> Callable[[], None]:
     return lambda: None
 
 
-def measure(fn: Callable, device: torch.device, args) -> dict:
+def measure(fn: Callable, device: torch.device, args, warmup: Optional[int] = None) -> dict:
     """Warm ``fn`` up, then time ``repeats`` calls; repeats fill ``args.budget`` seconds
-    (at least ``args.min_repeats``, at most ``args.max_repeats``)."""
+    (at least ``args.min_repeats``, at most ``args.max_repeats``). A call slower than
+    ``args.slow_call`` seconds (the sort-based peers at large n) ends the warm-up and gets
+    ``args.slow_repeats`` timed calls, so that one slow peer does not eat the run."""
     sync = synchronizer(device)
     warm_times = []
-    for _ in range(args.warmup):
+    for _ in range(max(1, args.warmup if warmup is None else warmup)):
         sync()
         t0 = time.perf_counter()
         fn()
         sync()
         warm_times.append(time.perf_counter() - t0)
+        if warm_times[-1] > args.slow_call and len(warm_times) >= (warmup or 1):
+            break
     per_call = max(warm_times[-1], 1e-7)
-    repeats = int(min(args.max_repeats, max(args.min_repeats, args.budget // per_call)))
+    if per_call > args.slow_call:
+        repeats = args.slow_repeats
+    else:
+        repeats = int(min(args.max_repeats, max(args.min_repeats, args.budget // per_call)))
     mem = PeakMemory(device)
     mem.start()
     times = []
@@ -329,7 +336,8 @@ class Runner:
 
                 cgh_ops.set_cuda_backend(backend)
             try:
-                m = measure(fn, device, args)
+                # torch.compile compiles in its first call: always warm it twice
+                m = measure(fn, device, args, warmup=max(2, args.warmup) if backend == "torch.compile" else None)
             except (RuntimeError, MemoryError, NotImplementedError) as exc:
                 self._skip(label, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
                 continue
@@ -387,6 +395,8 @@ def parse_args(argv=None):
     p.add_argument("--devices", nargs="+", help="cpu and/or cuda (default: cpu, and cuda when present)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls first (torch.compile compiles there)")
     p.add_argument("--min-repeats", type=int, default=3)
+    p.add_argument("--slow-call", type=float, default=0.5, help="seconds: a call slower than this is 'slow'")
+    p.add_argument("--slow-repeats", type=int, default=3, help="timed calls of a slow variant")
     p.add_argument("--max-repeats", type=int, default=50)
     p.add_argument("--budget", type=float, default=0.5, help="seconds of timed calls per variant (before clamping)")
     p.add_argument("--mem-fraction", type=float, default=0.5,
@@ -404,6 +414,7 @@ def parse_args(argv=None):
         args.dtypes = ["float32"]
         args.budget = 0.15
         args.max_repeats = 20
+        args.slow_repeats = 1
     return args
 
 

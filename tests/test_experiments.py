@@ -143,3 +143,25 @@ def test_hardness_quick(tmp_path):
         for key in ("first_learned", "last_learned"):
             v = float(r[key])
             assert math.isnan(v) or 0.0 <= v <= 5.0
+
+
+def test_memorization_on_an_image_folder(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 12), ("val", 4)):
+        for c in ("cat", "dog", "fox"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                pixels = (torch.rand(10, 10, 3, generator=g) * 255).to(torch.uint8).numpy()
+                Image.fromarray(pixels).save(root / split / c / f"{i}.png")
+    out = str(tmp_path / "mem")
+    memorization.main(["--data", str(root), "--image-size", "8", "--arch", "cnn", "--epochs", "2",
+                       "--seeds", "0", "--noise", "0.5", "--methods", "sgd-m0.9,m3", "--batch-sizes", "6",
+                       "--out", out])
+    summary = read_csv(os.path.join(out, "summary.csv"))
+    assert [r["method"] for r in summary] == ["sgd-m0.9", "m3"]
+    assert all(r["data"] == "imgs" and r["arch"] == "cnn" for r in summary)
+    assert all(int(r["n_pristine"]) + int(r["n_corrupt"]) == 36 for r in summary)
+    assert_fractions(summary, ("pristine_acc", "corrupt_acc", "test_acc"))

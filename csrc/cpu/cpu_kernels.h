@@ -1,4 +1,5 @@
-// Building blocks shared by the native CPU kernels (csrc/cpu/*.cpp).
+// The op layer's side of the native CPU kernels (csrc/cpu/*_kernels.cpp): walking the
+// coordinates of tensors in parallel, and the per-capability kernel table.
 //
 // * for_each_run: walks the coordinates of same-shape operands (outputs first, then
 //   inputs) in parallel, handing a body "runs" of coordinates with one pointer and one
@@ -6,358 +7,57 @@
 //   a row-sliced x) go straight to at::parallel_for with raw base pointers; any other
 //   layout goes through at::TensorIterator, which reads and writes the strided memory in
 //   place (no hidden copy of an input, no temporary output).
-// * run_blocks: turns one run into calls of a per-op `step` on blocks of at most
-//   Vectorized<acc_t>::size() coordinates, always on contiguous memory: contiguous runs
-//   are used in place, strided runs are gathered into (and scattered from) a small buffer.
-// * ValueBlock + median / sorted_mean: the k values of a block of coordinates and the
-//   exact selection on them: min/max networks for k = 3 and 5, a sorting network up to
-//   k = 16, and std::nth_element / std::sort per coordinate beyond that or where omit
-//   mode meets a NaN.
-//
-// Numerical rules (cgh_ops/reference.py): values are in the accumulation type acc_t
-// (at::opmath_type: float for float16/bfloat16/float32, double for float64); an even count
-// gives (lo + hi) * 0.5 in acc_t; propagate mode gives NaN wherever a NaN is among the
-// values; omit mode the median of the non-NaN values (NaN if there are none). The min/max
-// networks below assume no NaN: NaN is handled explicitly around them, never left to
-// whatever a min/max instruction does with it.
+// * kernels(): the vectorized kernels (vec_kernels.h) for the best ISA this CPU runs.
 #pragma once
 
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/TensorIterator.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/cpu/vec/vec.h>
+#include <c10/util/Exception.h>
 #include <c10/util/SmallVector.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
-#include <cstring>
-#include <limits>
-#include <type_traits>
-#include <vector>
+#include <cstdlib>
+#include <string>
 
-// Internal linkage: every kernel file gets its own copy, so the hot helpers are inlined
-// rather than called through the shared library's PLT.
+#include "cpu/kernel_table.h"
+
 namespace cgh::cpu {
-namespace {
 
-using at::vec::Vectorized;
+// The AVX2 kernels when the CPU has AVX2 and FMA (what ATen requires for its own AVX2
+// kernels), else the baseline ones. ATEN_CPU_CAPABILITY=default forces the baseline, as
+// it does for ATen.
+inline const KernelTable& kernels() {
+  static const KernelTable* table = [] {
+    const KernelTable* avx2 = AVX2::kernel_table();  // nullptr unless built for x86-64
+    bool use_avx2 = avx2 != nullptr;
+#if defined(__x86_64__) && defined(__GNUC__)
+    use_avx2 = use_avx2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+    const char* forced = std::getenv("ATEN_CPU_CAPABILITY");
+    if (forced != nullptr && std::string(forced) == "default") use_avx2 = false;
+    return use_avx2 ? avx2 : DEFAULT::kernel_table();
+  }();
+  return *table;
+}
 
-template <typename scalar_t>
-using acc_type = at::opmath_type<scalar_t>;
-
-// Sorting networks run on up to this many values per coordinate; beyond it, selection is
-// scalar per coordinate (a network's cost grows as k^2, nth_element's as k).
-constexpr int kMaxNet = 16;
+inline RunFn kernel(KernelKind kind, c10::ScalarType dtype) {
+  int d = 0;
+  switch (dtype) {
+    case c10::kFloat: d = kFloat; break;
+    case c10::kDouble: d = kDouble; break;
+    case c10::kHalf: d = kHalf; break;
+    case c10::kBFloat16: d = kBFloat16; break;
+    default: TORCH_INTERNAL_ASSERT(false, "cgh: no CPU kernel for dtype ", dtype);  // checks ran first
+  }
+  return kernels().fn[kind][d];
+}
 
 // About 128K operand elements per parallel task: a 2^24-coordinate problem splits evenly
 // over the threads, and problems that take well under a millisecond stay single-threaded.
 inline int64_t grain_for(int64_t n_operands) {
   return std::max<int64_t>(2048, (int64_t{1} << 17) / std::max<int64_t>(n_operands, 1));
-}
-
-// ------------------------------------------------------------------ loads and stores
-// Loads `count` (<= W) values at p into the accumulation type; lanes past count are 0.
-template <typename scalar_t, bool kFull>
-C10_ALWAYS_INLINE Vectorized<acc_type<scalar_t>> load_acc(const scalar_t* p, int64_t count) {
-  using acc_t = acc_type<scalar_t>;
-  using Vec = Vectorized<acc_t>;
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    return kFull ? Vec::loadu(p) : Vec::loadu(p, count);
-  } else {
-    __at_align__ acc_t buf[Vec::size()];
-    const int64_t n = kFull ? Vec::size() : count;
-    for (int64_t l = 0; l < n; ++l) buf[l] = static_cast<acc_t>(p[l]);
-    for (int64_t l = n; l < Vec::size(); ++l) buf[l] = acc_t(0);
-    return Vec::loadu(buf);
-  }
-}
-
-// Stores the first `count` lanes of v at p, rounded to scalar_t (round to nearest even,
-// as Tensor.to()).
-template <typename scalar_t, bool kFull>
-C10_ALWAYS_INLINE void store_acc(scalar_t* p, const Vectorized<acc_type<scalar_t>>& v, int64_t count) {
-  using acc_t = acc_type<scalar_t>;
-  using Vec = Vectorized<acc_t>;
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    if (kFull) v.store(p);
-    else v.store(p, static_cast<int>(count));
-  } else {
-    __at_align__ acc_t buf[Vec::size()];
-    v.store(buf);
-    const int64_t n = kFull ? Vec::size() : count;
-    for (int64_t l = 0; l < n; ++l) p[l] = static_cast<scalar_t>(buf[l]);
-  }
-}
-
-// ------------------------------------------------------------------ exact networks
-// min/max for NaN-free lanes (one instruction each with AVX; NaN is handled by callers).
-template <typename V>
-C10_ALWAYS_INLINE V vmin(const V& a, const V& b) { return at::vec::clamp_max(a, b); }
-template <typename V>
-C10_ALWAYS_INLINE V vmax(const V& a, const V& b) { return at::vec::clamp_min(a, b); }
-template <typename V>
-C10_ALWAYS_INLINE void cswap(V& a, V& b) {
-  const V lo = vmin(a, b);
-  b = vmax(a, b);
-  a = lo;
-}
-
-template <typename V>
-C10_ALWAYS_INLINE V median3_net(const V& a, const V& b, const V& c) {
-  return vmax(vmin(a, b), vmin(vmax(a, b), c));
-}
-
-// The 7-exchange median-of-5 network (Devillard / Paeth), pruned to the ops that feed v2.
-template <typename V>
-C10_ALWAYS_INLINE V median5_net(V v0, V v1, V v2, V v3, V v4) {
-  cswap(v0, v1);
-  cswap(v3, v4);
-  v3 = vmax(v0, v3);  // cswap(v0, v3), v0 unused after
-  v1 = vmin(v1, v4);  // cswap(v1, v4), v4 unused after
-  cswap(v1, v2);
-  v2 = vmin(v2, v3);  // cswap(v2, v3), v3 unused after
-  return vmax(v1, v2);  // cswap(v1, v2) -> v2
-}
-
-// Sorts v[0..k) ascending (odd-even transposition: k rounds of neighbour exchanges).
-template <typename V>
-inline void sort_net(V* v, int k) {
-  for (int round = 0; round < k; ++round)
-    for (int j = round & 1; j + 1 < k; j += 2) cswap(v[j], v[j + 1]);
-}
-
-// ------------------------------------------------------------------ scalar selection
-template <typename acc_t>
-inline acc_t nan_value() { return std::numeric_limits<acc_t>::quiet_NaN(); }
-
-// Median of v[0..k) (v is reordered), with the reference's NaN and even-count rules.
-template <typename acc_t>
-inline acc_t median_scalar(acc_t* v, int64_t k, bool omit_nan) {
-  int64_t n = k;
-  if (omit_nan) {
-    n = 0;
-    for (int64_t j = 0; j < k; ++j)
-      if (!std::isnan(v[j])) v[n++] = v[j];
-    if (n == 0) return nan_value<acc_t>();
-  } else {
-    for (int64_t j = 0; j < k; ++j)
-      if (std::isnan(v[j])) return nan_value<acc_t>();
-  }
-  std::nth_element(v, v + n / 2, v + n);
-  const acc_t hi = v[n / 2];
-  if (n % 2) return hi;
-  const acc_t lo = *std::max_element(v, v + n / 2);
-  return (lo + hi) * acc_t(0.5);
-}
-
-// Trimmed (winsorize=false) or winsorized mean of v[0..k) (v is sorted): the kept values
-// summed in ascending order, then divided by the count; NaN if any value is NaN.
-template <typename acc_t>
-inline acc_t sorted_mean_scalar(acc_t* v, int64_t k, int64_t trim, bool winsorize) {
-  for (int64_t j = 0; j < k; ++j)
-    if (std::isnan(v[j])) return nan_value<acc_t>();
-  std::sort(v, v + k);
-  if (!winsorize) {
-    acc_t total = v[trim];
-    for (int64_t j = trim + 1; j < k - trim; ++j) total = total + v[j];
-    return total / static_cast<acc_t>(k - 2 * trim);
-  }
-  // [v[trim]] * trim + v[trim : k - trim] + [v[k - 1 - trim]] * trim, in that order.
-  acc_t total = v[trim];
-  for (int64_t p = 1; p < k; ++p) total = total + v[std::clamp(p, trim, k - 1 - trim)];
-  return total / static_cast<acc_t>(k);
-}
-
-// ------------------------------------------------------------------ value blocks
-// The k values (in acc_t) of a block of up to W coordinates. Up to kMaxNet values live in
-// vector registers/stack for the networks; more go to a per-run buffer lanes[j * W + l].
-template <typename acc_t>
-struct ValueBlock {
-  using Vec = Vectorized<acc_t>;
-  static constexpr int64_t W = Vec::size();
-
-  explicit ValueBlock(int64_t k_) : k(k_) {
-    if (k > kMaxNet) {
-      lanes.resize(static_cast<size_t>(k * W));
-      tmp_big.resize(static_cast<size_t>(k));
-    }
-  }
-  bool small() const { return k <= kMaxNet; }
-  template <int K = 0>
-  C10_ALWAYS_INLINE void set(int64_t j, const Vec& x) {
-    if (K || small()) v[j] = x;
-    else x.store(lanes.data() + j * W);
-  }
-  // Makes the network-held values readable per lane (before gather on a small block).
-  void spill() {
-    for (int64_t j = 0; j < k; ++j) v[j].store(small_lanes + j * W);
-  }
-  // Copies lane l's k values into a scratch array (for the scalar fallbacks).
-  acc_t* gather(int64_t l) {
-    const acc_t* src = small() ? small_lanes : lanes.data();
-    acc_t* dst = small() ? tmp_small : tmp_big.data();
-    for (int64_t j = 0; j < k; ++j) dst[j] = src[j * W + l];
-    return dst;
-  }
-  // Whether any lane of any (network-held) value is NaN. Cheap test first: v - v is 0
-  // for finite v and NaN for NaN and +-Inf, so plain arithmetic clears the common block;
-  // only a block holding a NaN or an Inf pays for the exact per-lane test.
-  template <int K>
-  C10_ALWAYS_INLINE bool may_have_nan() const {
-    const int64_t kk = K ? K : k;
-    Vec t = v[0] - v[0];
-    for (int64_t j = 1; j < kk; ++j) t = t + (v[j] - v[j]);
-    // t's lanes are +0 (all bits clear) or NaN: OR their bits (integer ops vectorize).
-    using bits_t = std::conditional_t<sizeof(acc_t) == 8, uint64_t, uint32_t>;
-    __at_align__ bits_t bits[W];
-    t.store(bits);
-    bits_t any = 0;
-    for (int64_t l = 0; l < W; ++l) any |= bits[l];
-    return any != 0;
-  }
-  // Lanes where any of the k (network-held) values is NaN: all-ones bits there.
-  Vec nan_mask() const {
-    Vec m = v[0].isnan();
-    for (int64_t j = 1; j < k; ++j) m = m | v[j].isnan();
-    return m;
-  }
-
-  int64_t k;
-  Vec v[kMaxNet];
-  __at_align__ acc_t small_lanes[kMaxNet * W];
-  acc_t tmp_small[kMaxNet];
-  std::vector<acc_t> lanes;    // k > kMaxNet only
-  std::vector<acc_t> tmp_big;  // k > kMaxNet only
-};
-
-template <typename Vec>
-inline bool any_lane(const Vec& mask) {
-  return mask.zero_mask() != (1 << Vec::size()) - 1;
-}
-
-// Applies a scalar per-coordinate function to lanes [0, count) of a block.
-template <typename acc_t, typename F>
-inline Vectorized<acc_t> per_lane(ValueBlock<acc_t>& b, int64_t count, F f) {
-  __at_align__ acc_t res[Vectorized<acc_t>::size()] = {};
-  if (b.small()) b.spill();
-  for (int64_t l = 0; l < count; ++l) res[l] = f(b.gather(l));
-  return Vectorized<acc_t>::loadu(res);
-}
-
-// The median of a block's k values, coordinate-wise (b.v is clobbered). K: k when it is
-// known at compile time (the hot k = 3), else 0.
-template <int K, typename acc_t>
-C10_ALWAYS_INLINE Vectorized<acc_t> median(ValueBlock<acc_t>& b, bool omit_nan, int64_t count) {
-  using Vec = Vectorized<acc_t>;
-  const int64_t k = K ? K : b.k;
-  if (!K && !b.small())
-    return per_lane(b, count, [&](acc_t* v) { return median_scalar(v, k, omit_nan); });
-  if (k == 1) return b.v[0];
-  Vec nan;
-  bool has_nan = false;
-  if (b.template may_have_nan<K>()) {
-    nan = b.nan_mask();
-    has_nan = any_lane(nan);
-  }
-  // Omit mode: a block with a NaN takes the scalar path (the count of kept values varies
-  // per coordinate); NaN-free blocks, the common case, stay on the network.
-  if (omit_nan && has_nan)
-    return per_lane(b, count, [&](acc_t* v) { return median_scalar(v, k, true); });
-  Vec med;
-  if (k == 3) {
-    med = median3_net(b.v[0], b.v[1], b.v[2]);
-  } else if (k == 5) {
-    med = median5_net(b.v[0], b.v[1], b.v[2], b.v[3], b.v[4]);
-  } else {
-    sort_net(b.v, static_cast<int>(k));
-    med = (k % 2) ? b.v[k / 2] : (b.v[(k - 1) / 2] + b.v[k / 2]) * Vec(acc_t(0.5));
-  }
-  return has_nan ? Vec::blendv(med, Vec(nan_value<acc_t>()), nan) : med;
-}
-
-// Trimmed / winsorized mean of a block's k values, coordinate-wise (b.v is clobbered).
-template <typename acc_t>
-C10_ALWAYS_INLINE Vectorized<acc_t> sorted_mean(ValueBlock<acc_t>& b, int64_t trim, bool winsorize, int64_t count) {
-  using Vec = Vectorized<acc_t>;
-  const int64_t k = b.k;
-  if (!b.small())
-    return per_lane(b, count, [&](acc_t* v) { return sorted_mean_scalar(v, k, trim, winsorize); });
-  Vec nan;
-  bool has_nan = false;
-  if (b.template may_have_nan<0>()) {
-    nan = b.nan_mask();
-    has_nan = any_lane(nan);
-  }
-  sort_net(b.v, static_cast<int>(k));
-  Vec total;
-  if (!winsorize) {
-    total = b.v[trim];
-    for (int64_t j = trim + 1; j < k - trim; ++j) total = total + b.v[j];
-    total = total / Vec(static_cast<acc_t>(k - 2 * trim));
-  } else {
-    total = b.v[trim];
-    for (int64_t p = 1; p < k; ++p) total = total + b.v[std::clamp(p, trim, k - 1 - trim)];
-    total = total / Vec(static_cast<acc_t>(k));
-  }
-  return has_nan ? Vec::blendv(total, Vec(nan_value<acc_t>()), nan) : total;
-}
-
-// ------------------------------------------------------------------ runs and blocks
-// run_blocks is compiled twice on x86-64 Linux (GCC function multi-versioning): for the
-// baseline ISA and for AVX2, chosen once at load time from cpuid by the dynamic linker
-// (ifunc). The helpers above are inlined into each clone, so at::vec's portable Vectorized
-// loops become 256-bit code in the AVX2 clone, while the .so still loads and runs on a
-// plain x86-64 machine. -ffp-contract=off still applies: no multiply-add is fused.
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) && \
-    !defined(CGH_NO_TARGET_CLONES)
-#define CGH_TARGET_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define CGH_TARGET_CLONES
-#endif
-
-// Calls step.template apply<kFull>(in, out, i, count) over the coordinates [0, n) of one
-// run, in blocks of W = Vectorized<acc_t>::size() (count == W when kFull). in[j] / out[j]
-// point at contiguous memory, the block being [i, i + count) of it. data/strides are the
-// run's operands (n_out outputs first), strides in bytes.
-template <typename scalar_t, typename Step>
-CGH_TARGET_CLONES void run_blocks(char** data, const int64_t* strides, int64_t n, int64_t n_out, int64_t n_in, Step& step) {
-  constexpr int64_t W = Vectorized<acc_type<scalar_t>>::size();
-  const int64_t n_ops = n_out + n_in;
-  bool contiguous = true;
-  for (int64_t j = 0; j < n_ops; ++j) contiguous = contiguous && strides[j] == int64_t(sizeof(scalar_t));
-  c10::SmallVector<scalar_t*, 4> out(n_out);
-  c10::SmallVector<const scalar_t*, 16> in(n_in);
-  if (contiguous) {
-    for (int64_t j = 0; j < n_out; ++j) out[j] = reinterpret_cast<scalar_t*>(data[j]);
-    for (int64_t j = 0; j < n_in; ++j) in[j] = reinterpret_cast<const scalar_t*>(data[n_out + j]);
-    int64_t i = 0;
-    for (; i + W <= n; i += W) step.template apply<true>(in.data(), out.data(), i, W);
-    if (i < n) step.template apply<false>(in.data(), out.data(), i, n - i);
-    return;
-  }
-  // Strided run: gather W coordinates of every input into a small buffer, compute, and
-  // scatter the outputs (all inputs are read before any output is written, so in-place
-  // operands stay correct).
-  std::vector<scalar_t> buf(static_cast<size_t>(n_ops * W));
-  for (int64_t j = 0; j < n_out; ++j) out[j] = buf.data() + j * W;
-  for (int64_t j = 0; j < n_in; ++j) in[j] = buf.data() + (n_out + j) * W;
-  for (int64_t i = 0; i < n; i += W) {
-    const int64_t count = std::min(W, n - i);
-    for (int64_t j = 0; j < n_in; ++j) {
-      const char* src = data[n_out + j] + i * strides[n_out + j];
-      scalar_t* dst = buf.data() + (n_out + j) * W;
-      for (int64_t l = 0; l < count; ++l)
-        dst[l] = *reinterpret_cast<const scalar_t*>(src + l * strides[n_out + j]);
-    }
-    step.template apply<false>(in.data(), out.data(), 0, count);
-    for (int64_t j = 0; j < n_out; ++j) {
-      char* dst = data[j] + i * strides[j];
-      for (int64_t l = 0; l < count; ++l)
-        *reinterpret_cast<scalar_t*>(dst + l * strides[j]) = out[j][l];
-    }
-  }
 }
 
 // Runs body(data, strides, n) over all coordinates of the same-shape operands `ops`
@@ -407,5 +107,9 @@ void for_each_run(c10::ArrayRef<at::Tensor> ops, int64_t n_out, const Body& body
       grain);
 }
 
-}  // namespace
+// Runs kernel `fn` with `args` over all coordinates of `ops` (args.n_out outputs first).
+inline void run_kernel(RunFn fn, const KernelArgs& args, c10::ArrayRef<at::Tensor> ops) {
+  for_each_run(ops, args.n_out, [&](char** data, const int64_t* strides, int64_t n) { fn(args, data, strides, n); });
+}
+
 }  // namespace cgh::cpu

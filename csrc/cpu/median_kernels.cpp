@@ -5,7 +5,6 @@
 // loaded from every row, reduced in registers (group sums, then an exact min/max network)
 // and stored. Rows x[i] are separate operands, so a row-sliced x (x = big[:, :n]) needs no
 // copy; other layouts are walked in place by for_each_run (cpu_kernels.h).
-#include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
@@ -36,44 +35,16 @@ std::vector<int64_t> group_bounds(int64_t m, int64_t groups) {
   return first;
 }
 
-// K: the number of groups when fixed at compile time (3, the hot case), else 0.
-template <typename scalar_t, int K>
-struct MedianOfMeansStep {
-  using acc_t = acc_type<scalar_t>;
-  using Vec = Vectorized<acc_t>;
-  const int64_t* first;  // group bounds, see group_bounds
-  bool omit_nan;
-  ValueBlock<acc_t>& block;
-
-  template <bool kFull>
-  void apply(const scalar_t* const* in, scalar_t* const* out, int64_t i, int64_t count) {
-    const int64_t k = K ? K : block.k;
-    for (int64_t g = 0; g < k; ++g) {
-      // Rows summed in order, then divided by the row count (the reference's rule).
-      Vec sum = load_acc<scalar_t, kFull>(in[first[g]] + i, count);
-      for (int64_t r = first[g] + 1; r < first[g + 1]; ++r) sum = sum + load_acc<scalar_t, kFull>(in[r] + i, count);
-      block.template set<K>(g, sum / Vec(static_cast<acc_t>(first[g + 1] - first[g])));
-    }
-    store_acc<scalar_t, kFull>(out[0] + i, median<K>(block, omit_nan, count), count);
-  }
-};
-
 void median_of_means_into(const at::Tensor& x, int64_t groups, bool omit_nan, const at::Tensor& out) {
   const int64_t m = x.size(0);
   const std::vector<int64_t> first = group_bounds(m, groups);
   const std::vector<at::Tensor> ops = out_and_rows(out, x);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "cgh::median_of_means (CPU)", [&] {
-    for_each_run(ops, 1, [&](char** data, const int64_t* strides, int64_t n) {
-      ValueBlock<acc_type<scalar_t>> block(groups);
-      if (groups == 3) {
-        MedianOfMeansStep<scalar_t, 3> step{first.data(), omit_nan, block};
-        run_blocks<scalar_t>(data, strides, n, 1, m, step);
-      } else {
-        MedianOfMeansStep<scalar_t, 0> step{first.data(), omit_nan, block};
-        run_blocks<scalar_t>(data, strides, n, 1, m, step);
-      }
-    });
-  });
+  KernelArgs args;
+  args.n_in = m;
+  args.k = groups;
+  args.first = first.data();
+  args.omit_nan = omit_nan;
+  run_kernel(kernel(kMedianOfMeans, x.scalar_type()), args, ops);
 }
 
 at::Tensor median_of_means(const at::Tensor& x, int64_t groups, bool omit_nan) {
@@ -109,29 +80,14 @@ void foreach_median_of_means_out(at::TensorList xs, int64_t groups, bool omit_na
 }
 
 // ------------------------------------------------------------------ median3
-template <typename scalar_t>
-struct Median3Step {
-  using acc_t = acc_type<scalar_t>;
-  bool omit_nan;
-  ValueBlock<acc_t>& block;
-
-  template <bool kFull>
-  void apply(const scalar_t* const* in, scalar_t* const* out, int64_t i, int64_t count) {
-    for (int64_t j = 0; j < 3; ++j) block.template set<3>(j, load_acc<scalar_t, kFull>(in[j] + i, count));
-    store_acc<scalar_t, kFull>(out[0] + i, median<3>(block, omit_nan, count), count);
-  }
-};
-
 void median3_into(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, bool omit_nan,
                   const at::Tensor& out) {
   const std::vector<at::Tensor> ops{out, a, b, c};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "cgh::median3 (CPU)", [&] {
-    for_each_run(ops, 1, [&](char** data, const int64_t* strides, int64_t n) {
-      ValueBlock<acc_type<scalar_t>> block(3);
-      Median3Step<scalar_t> step{omit_nan, block};
-      run_blocks<scalar_t>(data, strides, n, 1, 3, step);
-    });
-  });
+  KernelArgs args;
+  args.n_in = 3;
+  args.k = 3;
+  args.omit_nan = omit_nan;
+  run_kernel(kernel(kMedian3, a.scalar_type()), args, ops);
 }
 
 at::Tensor median3(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, bool omit_nan) {
@@ -150,30 +106,15 @@ at::Tensor& median3_out(const at::Tensor& a, const at::Tensor& b, const at::Tens
 }
 
 // ------------------------------------------------------------------ trimmed / winsorized
-template <typename scalar_t>
-struct SortedMeanStep {
-  using acc_t = acc_type<scalar_t>;
-  int64_t trim;
-  bool winsorize;
-  ValueBlock<acc_t>& block;
-
-  template <bool kFull>
-  void apply(const scalar_t* const* in, scalar_t* const* out, int64_t i, int64_t count) {
-    for (int64_t j = 0; j < block.k; ++j) block.set(j, load_acc<scalar_t, kFull>(in[j] + i, count));
-    store_acc<scalar_t, kFull>(out[0] + i, sorted_mean(block, trim, winsorize, count), count);
-  }
-};
-
 void sorted_mean_into(const at::Tensor& x, int64_t trim, bool winsorize, const at::Tensor& out) {
   const int64_t m = x.size(0);
   const std::vector<at::Tensor> ops = out_and_rows(out, x);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "cgh::trimmed_mean (CPU)", [&] {
-    for_each_run(ops, 1, [&](char** data, const int64_t* strides, int64_t n) {
-      ValueBlock<acc_type<scalar_t>> block(m);
-      SortedMeanStep<scalar_t> step{trim, winsorize, block};
-      run_blocks<scalar_t>(data, strides, n, 1, m, step);
-    });
-  });
+  KernelArgs args;
+  args.n_in = m;
+  args.k = m;
+  args.trim = trim;
+  args.winsorize = winsorize;
+  run_kernel(kernel(kSortedMean, x.scalar_type()), args, ops);
 }
 
 template <bool kWinsorize>

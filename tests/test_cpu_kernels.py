@@ -1,0 +1,334 @@
+"""Tests specific to the native CPU kernels (csrc/cpu): the places where their
+implementation can go wrong that a black-box matrix (test_ops.py) may not hit.
+
+* vector/tail boundaries: the kernels work in blocks of Vectorized<acc>::size()
+  coordinates (8 for float32/float16/bfloat16 here, 4 for float64) plus a partial tail;
+* chunk boundaries of at::parallel_for (the grain is about 2^17 / operands coordinates);
+* the layouts: contiguous rows with an arbitrary row stride (raw pointers), and any other
+  layout (TensorIterator, strided blocks gathered and scattered);
+* the omit-mode fallback of a block that holds a NaN (scalar selection per coordinate);
+* every k path: networks for 3 and 5, a sorting network up to 16, scalar beyond;
+* bitwise equality with cgh_ops.reference, which the kernels reproduce operation by
+  operation (accumulation dtype, order of the sums, (lo + hi) * 0.5, rounding).
+
+All of them compare against the reference kernels bit for bit (NaN matches any NaN).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cgh_ops
+from cgh_ops import _ops, reference
+
+NATIVE_CPU = torch._C._dispatch_has_kernel_for_dispatch_key("cgh::median3", "CPU")
+pytestmark = pytest.mark.skipif(not NATIVE_CPU, reason="the native CPU kernels are not built")
+
+ops = torch.ops.cgh
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+INT_OF = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def vec_width(dtype) -> int:
+    """Coordinates per block: 32-byte vectors of the accumulation dtype."""
+    return 4 if dtype == torch.float64 else 8
+
+
+def assert_bitwise(actual: torch.Tensor, expected: torch.Tensor, msg: str = "") -> None:
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype, msg
+    a, e = actual.contiguous().reshape(-1), expected.contiguous().reshape(-1)
+    nan_a, nan_e = torch.isnan(a), torch.isnan(e)
+    assert torch.equal(nan_a, nan_e), f"{msg}: NaN positions differ"
+    ia, ie = a[~nan_a].view(INT_OF[a.element_size()]), e[~nan_e].view(INT_OF[e.element_size()])
+    bad = (ia != ie).nonzero()
+    assert bad.numel() == 0, f"{msg}: {bad.numel()} coordinates differ, first at {bad[0].item()}"
+
+
+def sprinkle(x: torch.Tensor, frac: float = 0.05, seed: int = 0) -> torch.Tensor:
+    """x with NaN, +Inf and -Inf at a few random places (deterministic)."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(x.shape, generator=g)
+    x = x.clone()
+    x[u < frac] = float("nan")
+    x[(u >= frac) & (u < 2 * frac)] = float("inf")
+    x[(u >= 2 * frac) & (u < 3 * frac)] = float("-inf")
+    return x
+
+
+def randn(*shape, dtype=torch.float32, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+# ----------------------------------------------------------------------------- dispatch
+@pytest.mark.parametrize("qualname", sorted(_ops.SCHEMAS))
+def test_every_overload_has_a_cpu_kernel(qualname):
+    # coverage: the CPU dispatch key must never fall back to the slow reference
+    name = "cgh::" + qualname
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "CPU"), name
+
+
+def test_extension_loaded_after_schemas():
+    # load order: cgh_ops/__init__ defines the schemas, then loads the .so
+    assert cgh_ops._extension.NATIVE, cgh_ops._extension.LOAD_ERROR
+
+
+# ----------------------------------------------------------------------------- boundaries
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("extra", [-1, 0, 1, 3])
+@pytest.mark.parametrize("blocks", [0, 1, 2])
+def test_vector_tail_boundaries(dtype, blocks, extra):
+    # tail: n = blocks * W + extra covers no full block, exact blocks, and partial tails
+    n = blocks * vec_width(dtype) + extra
+    if n <= 0:
+        pytest.skip("no coordinates")
+    x = sprinkle(randn(9, n, dtype=dtype, seed=n), 0.04, seed=n)
+    for omit in (False, True):
+        assert_bitwise(ops.median_of_means(x, 3, omit), reference.median_of_means(x, 3, omit), f"mom n={n}")
+        a, b, c = x[0], x[1], x[2]
+        assert_bitwise(ops.median3(a, b, c, omit), reference.median3(a, b, c, omit), f"median3 n={n}")
+    assert_bitwise(ops.trimmed_mean(x, 2), reference.trimmed_mean(x, 2), f"trimmed n={n}")
+    assert_bitwise(ops.winsorized_mean(x, 2), reference.winsorized_mean(x, 2), f"winsorized n={n}")
+
+
+@pytest.mark.parametrize("m", [3, 9])
+def test_parallel_chunk_boundaries(m):
+    # chunks: two or more parallel_for chunks whose boundary is not a block multiple
+    grain = max(2048, (1 << 17) // (m + 1))
+    n = 2 * grain + 5
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = sprinkle(randn(m, n, seed=m), 0.001, seed=m)
+        for omit in (False, True):
+            assert_bitwise(ops.median_of_means(x, 3, omit), reference.median_of_means(x, 3, omit), "mom")
+        # the same problem single-threaded gives the same bits (determinism across splits)
+        two = ops.median_of_means(x, 3, True)
+        torch.set_num_threads(1)
+        assert_bitwise(ops.median_of_means(x, 3, True), two, "threads")
+    finally:
+        torch.set_num_threads(old)
+
+
+# ----------------------------------------------------------------------------- layouts
+def test_row_sliced_input_uses_rows_in_place():
+    # fast path: each row contiguous, row stride larger than the row (x = big[:, :n])
+    big = randn(7, 1000, seed=1)
+    x = big[:, 3:903]
+    assert not x.is_contiguous() and x[0].is_contiguous()
+    for groups in (3, 7):
+        assert_bitwise(ops.median_of_means(x, groups), reference.median_of_means(x, groups), f"g={groups}")
+    assert_bitwise(ops.trimmed_mean(x, 1), reference.trimmed_mean(x, 1), "trimmed")
+
+
+@pytest.mark.parametrize(
+    "view",
+    [
+        "transposed",  # rows with a non-unit stride: strided blocks, gathered
+        "inner_step",  # rows strided inside: x[:, ::2]
+        "expanded",  # stride 0 along the coordinates
+        "channels_last",  # a permuted 4-d layout that TensorIterator reorders
+    ],
+)
+def test_strided_inputs(view):
+    if view == "transposed":
+        x = randn(37, 5, seed=2).t()
+    elif view == "inner_step":
+        x = randn(5, 74, seed=2)[:, ::2]
+    elif view == "expanded":
+        x = randn(5, 1, seed=2).expand(5, 37)
+    else:
+        x = randn(5, 2, 3, 7, seed=2).contiguous(memory_format=torch.channels_last)
+    x = sprinkle(x, 0.05, seed=3)
+    for omit in (False, True):
+        assert_bitwise(ops.median_of_means(x, 5, omit), reference.median_of_means(x, 5, omit), view)
+    assert_bitwise(ops.winsorized_mean(x, 1), reference.winsorized_mean(x, 1), view)
+
+
+def test_non_contiguous_out_is_written_in_place():
+    # out layout: a strided out= view is written directly (its gaps untouched)
+    x = randn(3, 21, seed=4)
+    buf = torch.full((42,), -7.0)
+    out = buf[::2]
+    res = ops.median_of_means.out(x, 3, False, out=out)
+    assert res.data_ptr() == out.data_ptr()
+    assert_bitwise(out, reference.median_of_means(x, 3), "out")
+    assert torch.all(buf[1::2] == -7.0)
+
+
+def test_empty_coordinates():
+    # empty *S: nothing to compute, an empty result of the right shape
+    x = torch.empty(5, 0, 3)
+    assert ops.median_of_means(x, 3).shape == (0, 3)
+    assert ops.trimmed_mean(x, 1).shape == (0, 3)
+
+
+# ----------------------------------------------------------------------------- k paths, NaN
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 6, 7, 8, 15, 16, 17, 20])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_every_k_path_matches_reference(k, dtype):
+    # k: 3/5 min/max networks, even counts, sorting network to 16, scalar selection beyond
+    x = sprinkle(randn(k, 203, dtype=dtype, seed=k), 0.03, seed=k)
+    for omit in (False, True):
+        assert_bitwise(ops.median_of_means(x, k, omit), reference.median_of_means(x, k, omit), f"k={k} {omit}")
+    trim = (k - 1) // 2
+    for t in sorted({0, trim // 2, trim}):
+        assert_bitwise(ops.trimmed_mean(x, t), reference.trimmed_mean(x, t), f"trimmed k={k} t={t}")
+        assert_bitwise(ops.winsorized_mean(x, t), reference.winsorized_mean(x, t), f"winsorized k={k} t={t}")
+
+
+@pytest.mark.parametrize("k", [3, 4, 5, 9, 20])
+def test_omit_nan_block_fallback(k):
+    # NaN chunk: a block with NaN in some lanes takes the scalar path, its neighbours not
+    W = 8
+    x = randn(k, 4 * W + 3, seed=k)
+    x[0, W + 1] = float("nan")  # one NaN in the second block
+    x[: k - 1, 2 * W + 2] = float("nan")  # one value left: the median is that value
+    x[:, 3 * W + 1] = float("nan")  # all NaN: NaN
+    x[1, -1] = float("nan")  # NaN in the tail
+    got = ops.median_of_means(x, k, True)
+    assert_bitwise(got, reference.median_of_means(x, k, True), f"k={k}")
+    assert got[2 * W + 2] == x[k - 1, 2 * W + 2]
+    assert torch.isnan(got[3 * W + 1]) and not torch.isnan(got[W + 1])
+    propagate = ops.median_of_means(x, k, False)
+    assert torch.isnan(propagate[W + 1]) and not torch.isnan(propagate[W])
+
+
+def test_median3_equals_torch_median_bitwise():
+    # SPEC: median3 is torch.median of the stack, bit for bit (odd count, no NaN)
+    a, b, c = randn(3, 1001, seed=5)
+    want = torch.median(torch.stack([a, b, c]), 0).values
+    assert_bitwise(ops.median3(a, b, c), want, "median3")
+
+
+def test_group_means_are_summed_in_order_then_divided():
+    # order: (a + b) + c then / 3, not a reciprocal multiply nor a pairwise sum
+    x = torch.tensor([[1e8], [1.0], [-1e8], [3.0], [5.0], [7.0], [2.0], [2.0], [2.0]])
+    assert_bitwise(ops.median_of_means(x, 3), reference.median_of_means(x, 3), "order")
+
+
+# ----------------------------------------------------------------------------- in-place ops
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("R,slot", [(0, -1), (2, 0), (2, 1), (2, -1), (3, 2), (17, 5)])
+def test_running_median_matches_reference(dtype, R, slot):
+    # R: k = R + 1 = 3 (the specialised network), even k, scalar k > 16; slot -1: no write
+    n = 2 * vec_width(dtype) + 3
+    grads = [sprinkle(randn(n, dtype=dtype, seed=1), 0.05, 1), randn(3, 5, dtype=dtype, seed=2)]
+    history = [randn(*g.shape, dtype=dtype, seed=10 + j) for g in grads for j in range(R)]
+    g2, h2 = [g.clone() for g in grads], [h.clone() for h in history]
+    ops.foreach_running_median_(grads, history, slot, True)
+    reference.foreach_running_median_(g2, h2, slot, True)
+    for a, b in zip(grads + history, g2 + h2):
+        assert_bitwise(a, b, f"R={R} slot={slot}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduce", ["none", "median", "mean"])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_ring_step_matches_reference(dtype, reduce, weight_decay):
+    # ring step: g rounded to dtype before history and reduction; mean order g then history
+    R, slot = 2, 1
+    n = 3 * vec_width(dtype) + 1
+    params = [randn(n, dtype=dtype, seed=1), randn(4, 3, dtype=dtype, seed=2)[:, ::2]]  # one strided
+    grads = [randn(*p.shape, dtype=dtype, seed=3 + i) for i, p in enumerate(params)]
+    history = [randn(*p.shape, dtype=dtype, seed=10 + j) for p in params for j in range(R)]
+    p2, h2 = [p.clone() for p in params], [h.clone() for h in history]
+    ops.ring_step_(params, grads, history, slot, 0.1, weight_decay, reduce, False)
+    reference.ring_step_(p2, grads, h2, slot, 0.1, weight_decay, reduce, False)
+    for a, b in zip(params + history, p2 + h2):
+        assert_bitwise(a, b, f"{reduce} wd={weight_decay}")
+
+
+def test_running_median_in_place_on_strided_grad():
+    # aliasing: grad is both input and output, through the strided (gathered) path
+    base = randn(4, 30, seed=7)
+    grad = base[:, ::3]
+    history = [randn(4, 10, seed=8), randn(4, 10, seed=9)]
+    want_g, want_h = grad.clone(), [h.clone() for h in history]
+    reference.running_median_(want_g, want_h, 0)
+    raw = grad.clone()
+    ops.running_median_(grad, history, 0)
+    assert_bitwise(grad, want_g, "grad")
+    assert_bitwise(history[0], raw, "slot")
+    assert_bitwise(history[1], want_h[1], "other slot")
+
+
+# ----------------------------------------------------------------------------- ISA builds
+_BASELINE_SCRIPT = """
+import torch, cgh_ops
+from cgh_ops import reference
+ops = torch.ops.cgh
+torch.manual_seed(0)
+for dtype in (torch.float32, torch.float64, torch.bfloat16):
+    for k in (3, 4, 5, 9, 20):
+        x = torch.randn(k, 37).to(dtype)
+        x[0, 3] = float("nan")
+        for omit in (False, True):
+            got, want = ops.median_of_means(x, k, omit), reference.median_of_means(x, k, omit)
+            assert torch.equal(got.isnan(), want.isnan()), (dtype, k, omit)
+            assert torch.equal(got.nan_to_num(), want.nan_to_num()), (dtype, k, omit)
+        got, want = ops.trimmed_mean(x, (k - 1) // 2), reference.trimmed_mean(x, (k - 1) // 2)
+        assert torch.equal(got.nan_to_num(), want.nan_to_num()), (dtype, k)
+print("ok")
+"""
+
+
+def test_baseline_isa_kernels_match_reference():
+    # ISA: the baseline (non-AVX2) build of the kernels, forced as ATen's own switch does
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(cgh_ops.__file__)))  # where cgh_ops is imported from
+    env = dict(os.environ, ATEN_CPU_CAPABILITY="default", PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run(
+        [sys.executable, "-c", _BASELINE_SCRIPT], env=env, capture_output=True, text=True, timeout=300, cwd=root
+    )
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------- errors, opcheck
+def test_errors_raised_before_any_write():
+    # nothing written: a bad later tensor stops the whole foreach call
+    xs = [randn(3, 4), randn(3, 4).to(torch.int32)]
+    out = [torch.full((4,), 5.0), torch.full((4,), 5, dtype=torch.int32)]
+    with pytest.raises(TypeError, match=r"cgh.foreach_median_of_means: argument 'xs\[1\]'"):
+        ops.foreach_median_of_means.out(xs, 3, False, out=out)
+    assert torch.all(out[0] == 5.0)
+    params = [randn(4), randn(4)]
+    before = [p.clone() for p in params]
+    with pytest.raises(ValueError, match=r"argument 'history\[3\]'"):
+        ops.ring_step_(params, [randn(4), randn(4)], [randn(4), randn(4), randn(4), randn(5)], 0, 0.1, 0.0, "median")
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["median_of_means", "median3", "foreach_median_of_means", "trimmed_mean", "winsorized_mean",
+     "running_median_", "foreach_running_median_", "ring_step_"],
+)
+def test_opcheck_on_cpu_kernels(case):
+    # opcheck: schema, fake kernel and dispatcher agree with what the CPU kernels do
+    x = randn(5, 3, 4, seed=11)
+    samples = {
+        "median_of_means": (ops.median_of_means.default, (x, 3, True)),
+        "median3": (ops.median3.default, (x[0], x[1], x[2])),
+        "foreach_median_of_means": (ops.foreach_median_of_means.default, ([x, x[:3, :2]], 2)),
+        "trimmed_mean": (ops.trimmed_mean.default, (x, 1)),
+        "winsorized_mean": (ops.winsorized_mean.default, (x, 2)),
+        "running_median_": (ops.running_median_.default, (x[0].clone(), [x[1].clone(), x[2].clone()], 1)),
+        "foreach_running_median_": (ops.foreach_running_median_.default, ([x[0].clone()], [x[1].clone()], 0)),
+        "ring_step_": (
+            ops.ring_step_.default,
+            ([x[0].clone()], [x[1].clone()], [x[2].clone(), x[3].clone()], 0, 0.1, 0.01, "median"),
+        ),
+    }
+    op, args = samples[case]
+    torch.library.opcheck(op, args)
+    if case in ("median_of_means", "median3", "trimmed_mean", "winsorized_mean"):
+        # The out= overloads return an aliased Tensor(a!), which AOT dispatch cannot
+        # functionalize for custom ops: check schema, fake kernel and autograd only.
+        out_op = getattr(ops, case).out
+        expected = op(*args)
+        utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+        torch.library.opcheck(out_op, args, {"out": torch.empty_like(expected)}, test_utils=utils)

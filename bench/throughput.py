@@ -328,8 +328,9 @@ class Runner:
             if need > args.mem_fraction * avail:
                 self._skip(label, f"needs ~{need / 2**30:.1f} GiB, {avail / 2**30:.1f} GiB available")
                 continue
-            if backend in STACKING_PEERS and n > args.stacking_peer_max_n:
-                self._skip(label, f"stacking peers run up to n=2^{int(math.log2(args.stacking_peer_max_n))}")
+            cap = args.peer_max_log2.get(backend)
+            if cap is not None and n > 1 << cap:
+                self._skip(label, f"{backend} runs up to n=2^{cap} in this run (--peer-max-log2)")
                 continue
             if backend in ("cuda", "triton"):
                 import cgh_ops
@@ -401,13 +402,18 @@ def parse_args(argv=None):
     p.add_argument("--budget", type=float, default=0.5, help="seconds of timed calls per variant (before clamping)")
     p.add_argument("--mem-fraction", type=float, default=0.5,
                    help="skip a stacking peer whose temporaries would exceed this fraction of free memory")
-    p.add_argument("--stacking-peer-max-n", type=int, default=1 << 30,
-                   help="largest n for torch.median/quantile/sort (they are 100x slower than a copy)")
+    p.add_argument("--peer-max-log2", nargs="*", default=[], metavar="PEER=LOG2",
+                   help="largest log2(n) for a peer, e.g. torch.quantile=22 (the sorting peers are 100x slower "
+                        "than a copy; this keeps a long sweep short)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="write the records (a JSON list) here")
     p.add_argument("--no-optimizer-step", action="store_true", help="skip the ResNet-50 optimizer-step benchmark")
     args = p.parse_args(argv)
+    try:
+        args.peer_max_log2 = {k: int(v) for k, v in (item.split("=") for item in args.peer_max_log2)}
+    except ValueError:
+        p.error("--peer-max-log2 takes PEER=LOG2 items, e.g. torch.quantile=22")
     if args.quick:
         args.sizes = args.sizes or [16, 20, 24]
         args.ks = [3]

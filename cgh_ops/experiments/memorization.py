@@ -146,7 +146,7 @@ def _accuracies(correct: torch.Tensor, corrupt: torch.Tensor) -> Dict[str, float
     return {"pristine_acc": acc(~corrupt), "corrupt_acc": acc(corrupt), "train_acc": correct.float().mean().item()}
 
 
-def plot_curves(epochs: List[Dict], path: str) -> None:
+def plot_curves(epochs: List[Dict], path: str, k: int = 3) -> None:
     """Rows: (width, batch, epochs, noise) settings with corrupt examples; columns: corrupt and
     test accuracy per epoch; a line per method (mean over seeds) with its min-max band."""
     plt = pyplot()
@@ -155,8 +155,10 @@ def plot_curves(epochs: List[Dict], path: str) -> None:
 
     settings = sorted({setting(r) for r in epochs}, key=lambda s: (s[0], s[1], s[2], -s[3]))
     settings = [s for s in settings if s[3] > 0] or settings  # corrupt accuracy needs noise
-    methods = list(dict.fromkeys(r["method"] for r in epochs))
-    fig, axes = plt.subplots(len(settings), 2, figsize=(11, 3.2 * len(settings)), squeeze=False)
+    # One color per method across all panels, in the order of the comparison.
+    order = {m.name: i for i, m in enumerate(standard_methods(k))}
+    methods = sorted(dict.fromkeys(r["method"] for r in epochs), key=lambda m: order.get(m, len(order)))
+    fig, axes = plt.subplots(len(settings), 2, figsize=(11, 3.2 * len(settings) + 0.6), squeeze=False)
     colors = plt.get_cmap("tab10")
     for row, (w, b, e, f) in enumerate(settings):
         for col, metric in enumerate(("corrupt_acc", "test_acc")):
@@ -180,8 +182,12 @@ def plot_curves(epochs: List[Dict], path: str) -> None:
             ax.set_xlabel("epoch")
             ax.set_ylim(0, 1.02)
             ax.grid(alpha=0.3)
-    axes[0][1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    handles: Dict[str, object] = {}
+    for ax in axes.flat:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=min(len(handles), 5), fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / fig.get_figheight()))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -224,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     table = markdown_table(agg, GROUP_KEYS, METRICS)
     with open(f"{args.out}/table.md", "w") as f:
         f.write(table)
-    plot_curves(epochs, f"{args.out}/curves.png")
+    plot_curves(epochs, f"{args.out}/curves.png", args.k)
     print(table)
     print(f"{len(summary)} runs, {sum(r['seconds'] for r in summary):.0f} s of training; wrote "
           + ", ".join(f"{args.out}/{o}" for o in OUTPUTS))

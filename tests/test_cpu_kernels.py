@@ -201,6 +201,15 @@ def test_median3_equals_torch_median_bitwise():
     assert_bitwise(ops.median3(a, b, c), want, "median3")
 
 
+@pytest.mark.parametrize("k", [3, 5, 7, 17, 21])
+def test_signed_zero_ties_follow_stable_sort(k):
+    # ties: +0/-0 pick the element torch.median (a stable sort) picks, on every k path
+    g = torch.Generator().manual_seed(k)
+    v = torch.randint(-1, 2, (k, 301), generator=g).float()
+    x = torch.where((v == 0) & (torch.rand(k, 301, generator=g) < 0.5), torch.tensor(-0.0), v)
+    assert_bitwise(ops.median_of_means(x, k), torch.median(x, 0).values, f"k={k}")
+
+
 def test_group_means_are_summed_in_order_then_divided():
     # order: (a + b) + c then / 3, not a reciprocal multiply nor a pairwise sum
     x = torch.tensor([[1e8], [1.0], [-1e8], [3.0], [5.0], [7.0], [2.0], [2.0], [2.0]])

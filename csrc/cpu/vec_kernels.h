@@ -12,9 +12,9 @@
 //   Vectorized<acc_t>::size() coordinates, always on contiguous memory: contiguous runs
 //   are used in place, strided runs are gathered into (and scattered from) a small buffer.
 // * ValueBlock + median / sorted_mean: the k values of a block of coordinates and the
-//   exact selection on them: min/max networks for k = 3 and 5, a sorting network up to
-//   k = 16, and std::nth_element / std::sort per coordinate beyond that or where omit
-//   mode meets a NaN.
+//   exact selection on them: a 4-op min/max network for k = 3, a stable sorting network
+//   up to k = 16, and std::nth_element / std::sort per coordinate beyond that or where
+//   omit mode meets a NaN. Ties of +0 and -0 resolve as in a stable sort (torch.median).
 //
 // Numerical rules (cgh_ops/reference.py): values are in the accumulation type acc_t
 // (at::opmath_type: float for float16/bfloat16/float32, double for float64); an even count
@@ -104,10 +104,13 @@ C10_ALWAYS_INLINE void copy_raw(scalar_t* dst, const scalar_t* src, int64_t coun
 
 // ------------------------------------------------------------------ exact networks
 // min/max for NaN-free lanes (one instruction each with AVX; NaN is handled by callers).
+// On ties (+0 vs -0) vmin(x, y) keeps x and vmax(x, y) keeps y, so a compare-exchange of
+// x before y is stable: the networks then pick, among equal values, the one a stable sort
+// would (torch.median's choice, visible in the sign of a zero).
 template <typename V>
-C10_ALWAYS_INLINE V vmin(const V& a, const V& b) { return at::vec::clamp_max(a, b); }
+C10_ALWAYS_INLINE V vmin(const V& x, const V& y) { return at::vec::clamp_max(x, y); }
 template <typename V>
-C10_ALWAYS_INLINE V vmax(const V& a, const V& b) { return at::vec::clamp_min(a, b); }
+C10_ALWAYS_INLINE V vmax(const V& x, const V& y) { return at::vec::clamp_min(y, x); }
 template <typename V>
 C10_ALWAYS_INLINE void cswap(V& a, V& b) {
   const V lo = vmin(a, b);
@@ -120,19 +123,8 @@ C10_ALWAYS_INLINE V median3_net(const V& a, const V& b, const V& c) {
   return vmax(vmin(a, b), vmin(vmax(a, b), c));
 }
 
-// The 7-exchange median-of-5 network (Devillard / Paeth), pruned to the ops that feed v2.
-template <typename V>
-C10_ALWAYS_INLINE V median5_net(V v0, V v1, V v2, V v3, V v4) {
-  cswap(v0, v1);
-  cswap(v3, v4);
-  v3 = vmax(v0, v3);  // cswap(v0, v3), v0 unused after
-  v1 = vmin(v1, v4);  // cswap(v1, v4), v4 unused after
-  cswap(v1, v2);
-  v2 = vmin(v2, v3);  // cswap(v2, v3), v3 unused after
-  return vmax(v1, v2);  // cswap(v1, v2) -> v2
-}
-
-// Sorts v[0..k) ascending (odd-even transposition: k rounds of neighbour exchanges).
+// Sorts v[0..k) ascending (odd-even transposition: k rounds of neighbour exchanges, each
+// stable, so the whole sort is stable).
 template <typename V>
 inline void sort_net(V* v, int k) {
   for (int round = 0; round < k; ++round)
@@ -143,23 +135,39 @@ inline void sort_net(V* v, int k) {
 template <typename acc_t>
 inline acc_t nan_value() { return std::numeric_limits<acc_t>::quiet_NaN(); }
 
-// Median of v[0..k) (v is reordered), with the reference's NaN and even-count rules.
+// The value at position pos of a stable sort of kept[0..n), given val, the value there.
+// Equal values have equal bits except +0 and -0: for a zero, take the zero that a stable
+// sort puts at pos (torch.median's choice), counting zeros in index order.
 template <typename acc_t>
-inline acc_t median_scalar(acc_t* v, int64_t k, bool omit_nan) {
+inline acc_t stable_pick(const acc_t* kept, int64_t n, int64_t pos, acc_t val) {
+  if (val != acc_t(0)) return val;
+  int64_t zero_rank = pos;  // pos minus the number of negative values
+  for (int64_t j = 0; j < n; ++j)
+    if (kept[j] < acc_t(0)) --zero_rank;
+  for (int64_t j = 0; j < n; ++j)
+    if (kept[j] == acc_t(0) && zero_rank-- == 0) return kept[j];
+  return val;
+}
+
+// Median of v[0..k) with the reference's NaN and even-count rules (v is compacted in
+// omit mode; work, of size k, is scratch for the selection).
+template <typename acc_t>
+inline acc_t median_scalar(acc_t* v, acc_t* work, int64_t k, bool omit_nan) {
   int64_t n = k;
   if (omit_nan) {
     n = 0;
     for (int64_t j = 0; j < k; ++j)
-      if (!std::isnan(v[j])) v[n++] = v[j];
+      if (!std::isnan(v[j])) v[n++] = v[j];  // keeps the order
     if (n == 0) return nan_value<acc_t>();
   } else {
     for (int64_t j = 0; j < k; ++j)
       if (std::isnan(v[j])) return nan_value<acc_t>();
   }
-  std::nth_element(v, v + n / 2, v + n);
-  const acc_t hi = v[n / 2];
+  std::copy(v, v + n, work);
+  std::nth_element(work, work + n / 2, work + n);
+  const acc_t hi = stable_pick(v, n, n / 2, work[n / 2]);
   if (n % 2) return hi;
-  const acc_t lo = *std::max_element(v, v + n / 2);
+  const acc_t lo = stable_pick(v, n, n / 2 - 1, *std::max_element(work, work + n / 2));
   return (lo + hi) * acc_t(0.5);
 }
 
@@ -193,6 +201,7 @@ struct ValueBlock {
     if (k > kMaxNet) {
       lanes.resize(static_cast<size_t>(k * W));
       tmp_big.resize(static_cast<size_t>(k));
+      work_big.resize(static_cast<size_t>(k));
     }
   }
   bool small() const { return k <= kMaxNet; }
@@ -222,6 +231,8 @@ struct ValueBlock {
     for (int64_t j = 1; j < kk; ++j) t = t + (v[j] - v[j]);
     return t.zero_mask() != (1 << W) - 1;  // t's lanes are +0 or NaN
   }
+  // Scratch of k values for the scalar selection.
+  acc_t* work() { return small() ? work_small : work_big.data(); }
   // Lanes where any of the k (network-held) values is NaN: all-ones bits there.
   Vec nan_mask() const {
     Vec m = v[0].isnan();
@@ -233,8 +244,10 @@ struct ValueBlock {
   Vec v[kMaxNet];
   __at_align__ acc_t small_lanes[kMaxNet * W];
   acc_t tmp_small[kMaxNet];
+  acc_t work_small[kMaxNet];
   std::vector<acc_t> lanes;    // k > kMaxNet only
-  std::vector<acc_t> tmp_big;  // k > kMaxNet only
+  std::vector<acc_t> tmp_big;   // k > kMaxNet only
+  std::vector<acc_t> work_big;  // k > kMaxNet only
 };
 
 template <typename Vec>
@@ -258,7 +271,7 @@ C10_ALWAYS_INLINE Vectorized<acc_t> median(ValueBlock<acc_t>& b, bool omit_nan, 
   using Vec = Vectorized<acc_t>;
   const int64_t k = K ? K : b.k;
   if (!K && !b.small())
-    return per_lane(b, count, [&](acc_t* v) { return median_scalar(v, k, omit_nan); });
+    return per_lane(b, count, [&](acc_t* v) { return median_scalar(v, b.work(), k, omit_nan); });
   if (k == 1) return b.v[0];
   Vec nan;
   bool has_nan = false;
@@ -269,13 +282,13 @@ C10_ALWAYS_INLINE Vectorized<acc_t> median(ValueBlock<acc_t>& b, bool omit_nan, 
   // Omit mode: a block with a NaN takes the scalar path (the count of kept values varies
   // per coordinate); NaN-free blocks, the common case, stay on the network.
   if (omit_nan && has_nan)
-    return per_lane(b, count, [&](acc_t* v) { return median_scalar(v, k, true); });
+    return per_lane(b, count, [&](acc_t* v) { return median_scalar(v, b.work(), k, true); });
   Vec med;
   if (k == 3) {
     med = median3_net(b.v[0], b.v[1], b.v[2]);
-  } else if (k == 5) {
-    med = median5_net(b.v[0], b.v[1], b.v[2], b.v[3], b.v[4]);
   } else {
+    // k = 5 too: the classic 7-exchange median-of-5 network is not stable (it can pick
+    // the other zero of a +0/-0 tie than torch.median does); this one is, at 10 exchanges.
     sort_net(b.v, static_cast<int>(k));
     med = (k % 2) ? b.v[k / 2] : (b.v[(k - 1) / 2] + b.v[k / 2]) * Vec(acc_t(0.5));
   }

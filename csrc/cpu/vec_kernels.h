@@ -221,9 +221,9 @@ struct ValueBlock {
     for (int64_t j = 0; j < k; ++j) dst[j] = src[j * W + l];
     return dst;
   }
-  // Whether any lane of any (network-held) value is NaN. Cheap test first: v - v is 0
-  // for finite v and NaN for NaN and +-Inf, so plain arithmetic clears the common block;
-  // only a block holding a NaN or an Inf pays for the exact per-lane test.
+  // Whether a lane of a (network-held) value may be NaN: a cheap test that is also true
+  // for +-Inf (v - v is +0 for finite v, NaN for NaN and +-Inf), so that only a block
+  // holding a NaN or an Inf pays for the exact per-lane test (nan_mask).
   template <int K>
   C10_ALWAYS_INLINE bool may_have_nan() const {
     const int64_t kk = K ? K : k;

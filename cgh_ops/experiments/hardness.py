@@ -74,7 +74,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", default="digits", help="'digits' or an ImageFolder root with train/ and val/")
     p.add_argument("--image-size", type=int, default=32, help="side of the resized images (ImageFolder)")
     p.add_argument("--arch", default="mlp", help="mlp, cnn or a torchvision model name")
-    p.add_argument("--width", type=int, default=512, help="hidden width of mlp/cnn")
+    p.add_argument("--width", type=int, default=512, help="hidden width of the mlp")
     p.add_argument("--seeds", type=_ints, default=[0, 1, 2, 3, 4], help="seeds, comma-separated")
     p.add_argument("--split-acc", type=float, default=0.5,
                    help="end the warm-up when this fraction of the training set is classified correctly")

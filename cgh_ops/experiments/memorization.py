@@ -27,7 +27,7 @@ import argparse
 import csv
 import os
 import sys
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 
@@ -67,13 +67,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", default="digits", help="'digits' or an ImageFolder root with train/ and val/")
     p.add_argument("--image-size", type=int, default=32, help="side of the resized images (ImageFolder)")
     p.add_argument("--arch", default="mlp", help="mlp, cnn or a torchvision model name")
-    p.add_argument("--widths", type=_ints, default=[512], help="hidden width(s) of mlp/cnn, comma-separated")
+    p.add_argument("--widths", type=_ints, default=[256], help="hidden width(s) of the mlp, comma-separated")
     p.add_argument("--batch-sizes", type=_ints, default=[32], help="base batch size(s), comma-separated")
-    p.add_argument("--noise", type=_floats, default=[0.0, 0.25, 0.5], help="label noise fractions")
+    p.add_argument("--noise", type=_floats, default=[0.5, 0.25, 0.0], help="label noise fractions")
     p.add_argument("--methods", default=None,
                    help="comma-separated subset of: " + ", ".join(m.name for m in standard_methods(3)))
     p.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="seeds, comma-separated")
-    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--k", type=int, default=3, help="groups of M3 / window of RM3, RA3")
@@ -96,7 +96,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def run_grid(args: argparse.Namespace) -> List[Dict]:
+def run_grid(args: argparse.Namespace) -> Tuple[List[Dict], List[Dict]]:
     """Runs every cell of the grid; rewrites summary.csv and epochs.csv after each run, so an
     interrupted grid leaves what it finished."""
     from tqdm import tqdm
@@ -113,7 +113,7 @@ def run_grid(args: argparse.Namespace) -> List[Dict]:
         cfg = TrainConfig(arch=args.arch, width=width, epochs=args.epochs, batch_size=base_batch, lr=args.lr,
                           weight_decay=args.weight_decay, k=args.k, seed=seed)
         res = fit(data.x_train, y_noisy, data.x_test, data.y_test, data.num_classes, method, cfg)
-        run = _describe(args, data.name, method, cfg, fraction)
+        run = _describe(data.name, method, cfg, fraction)
         for i, ep in enumerate(res.eval_epochs):
             epochs.append({**run, "epoch": ep, **_accuracies(res.train_correct[i], corrupt),
                            "test_acc": res.test_acc[i], "test_loss": res.test_loss[i],
@@ -129,7 +129,7 @@ def run_grid(args: argparse.Namespace) -> List[Dict]:
     return summary, epochs
 
 
-def _describe(args, data_name: str, method: Method, cfg: TrainConfig, fraction: float) -> Dict:
+def _describe(data_name: str, method: Method, cfg: TrainConfig, fraction: float) -> Dict:
     return {"method": method.name, "corrupt_fraction": fraction, "seed": cfg.seed, "data": data_name,
             "arch": cfg.arch, "width": cfg.width, "base_batch": cfg.batch_size,
             "optimizer": method.optimizer, "momentum": method.momentum, "median_of_means": method.median_of_means,

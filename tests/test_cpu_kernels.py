@@ -110,6 +110,18 @@ def test_parallel_chunk_boundaries(m):
         torch.set_num_threads(old)
 
 
+def test_large_output_streamed_from_unaligned_start():
+    # streaming: runs of >= 4 MB of output use non-temporal stores after an aligned head
+    n = (1 << 21) + 5
+    x = randn(3, n, seed=12)
+    buf = torch.empty(n + 1)
+    out = buf[1:]  # 4 bytes past a 64-byte boundary: a head of 7 coordinates first
+    ops.median_of_means.out(x, 3, False, out=out)
+    assert_bitwise(out, reference.median_of_means(x, 3), "median_of_means")
+    ops.median3.out(x[0], x[1], x[2], False, out=out)
+    assert_bitwise(out, torch.median(x, 0).values, "median3")
+
+
 # ----------------------------------------------------------------------------- layouts
 def test_row_sliced_input_uses_rows_in_place():
     # fast path: each row contiguous, row stride larger than the row (x = big[:, :n])

@@ -102,6 +102,43 @@ C10_ALWAYS_INLINE void copy_raw(scalar_t* dst, const scalar_t* src, int64_t coun
   else for (int64_t l = 0; l < count; ++l) dst[l] = src[l];
 }
 
+// Large outputs are written with non-temporal (streaming) stores where the ISA has them
+// (AVX2 build, float32/float64): they skip the read-for-ownership of each output cache
+// line, as memcpy does for large copies, so the op moves only the bytes it must. Below
+// this many output bytes per run, normal stores (the result may be read again soon).
+constexpr int64_t kStreamBytes = int64_t{1} << 22;
+
+// Streams a full block to a 32-byte-aligned p; false where this build cannot.
+template <typename scalar_t>
+C10_ALWAYS_INLINE bool stream_store(scalar_t* p, const Vectorized<acc_type<scalar_t>>& v) {
+#if defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    _mm256_stream_ps(p, v);
+    return true;
+  } else if constexpr (std::is_same_v<scalar_t, double>) {
+    _mm256_stream_pd(p, v);
+    return true;
+  }
+#endif
+  return false;
+}
+
+// Makes streamed stores visible before the run returns.
+inline void stream_fence() {
+#if defined(CPU_CAPABILITY_AVX2)
+  _mm_sfence();
+#endif
+}
+
+// store_acc, streamed when `stream` (set by run_blocks for aligned, large outputs).
+template <typename scalar_t, bool kFull>
+C10_ALWAYS_INLINE void store_out(scalar_t* p, const Vectorized<acc_type<scalar_t>>& v, int64_t count, bool stream) {
+  if constexpr (kFull) {
+    if (stream && stream_store(p, v)) return;
+  }
+  store_acc<scalar_t, kFull>(p, v, count);
+}
+
 // ------------------------------------------------------------------ exact networks
 // min/max for NaN-free lanes (one instruction each with AVX; NaN is handled by callers).
 // On ties (+0 vs -0) vmin(x, y) keeps x and vmax(x, y) keeps y, so a compare-exchange of
@@ -335,8 +372,21 @@ void run_blocks(char** data, const int64_t* strides, int64_t n, int64_t n_out, i
     for (int64_t j = 0; j < n_out; ++j) out[j] = reinterpret_cast<scalar_t*>(data[j]);
     for (int64_t j = 0; j < n_in; ++j) in[j] = reinterpret_cast<const scalar_t*>(data[n_out + j]);
     int64_t i = 0;
+    if constexpr (Step::kStreamOut) {
+      // Stream a large output: first the coordinates before its 32-byte boundary, then
+      // aligned full blocks.
+      const auto addr = reinterpret_cast<uintptr_t>(out[0]);
+      step.stream = n * int64_t(sizeof(scalar_t)) >= kStreamBytes && addr % sizeof(scalar_t) == 0;
+      if (step.stream && addr % 32 != 0) {
+        i = std::min<int64_t>(n, static_cast<int64_t>((32 - addr % 32) / sizeof(scalar_t)));
+        step.template apply<false>(in.data(), out.data(), 0, i);
+      }
+    }
     for (; i + W <= n; i += W) step.template apply<true>(in.data(), out.data(), i, W);
     if (i < n) step.template apply<false>(in.data(), out.data(), i, n - i);
+    if constexpr (Step::kStreamOut) {
+      if (step.stream) stream_fence();
+    }
     return;
   }
   // Strided run: gather W coordinates of every input into a small buffer, compute, and
@@ -371,6 +421,8 @@ struct MedianOfMeansStep {
   const int64_t* first;  // group g is inputs [first[g], first[g + 1])
   bool omit_nan;
   ValueBlock<acc_t>& block;
+  bool stream = false;  // set by run_blocks
+  static constexpr bool kStreamOut = true;
 
   template <bool kFull>
   C10_ALWAYS_INLINE void apply(const scalar_t* const* in, scalar_t* const* out, int64_t i, int64_t count) {
@@ -383,7 +435,7 @@ struct MedianOfMeansStep {
       // x / 1 == x exactly: a one-row group skips the division.
       block.template set<K>(g, rows == 1 ? sum : sum / Vec(static_cast<acc_t>(rows)));
     }
-    store_acc<scalar_t, kFull>(out[0] + i, median<K>(block, omit_nan, count), count);
+    store_out<scalar_t, kFull>(out[0] + i, median<K>(block, omit_nan, count), count, stream);
   }
 };
 
@@ -392,11 +444,13 @@ struct Median3Step {
   using acc_t = acc_type<scalar_t>;
   bool omit_nan;
   ValueBlock<acc_t>& block;
+  bool stream = false;  // set by run_blocks
+  static constexpr bool kStreamOut = true;
 
   template <bool kFull>
   C10_ALWAYS_INLINE void apply(const scalar_t* const* in, scalar_t* const* out, int64_t i, int64_t count) {
     for (int64_t j = 0; j < 3; ++j) block.template set<3>(j, load_acc<scalar_t, kFull>(in[j] + i, count));
-    store_acc<scalar_t, kFull>(out[0] + i, median<3>(block, omit_nan, count), count);
+    store_out<scalar_t, kFull>(out[0] + i, median<3>(block, omit_nan, count), count, stream);
   }
 };
 
@@ -406,11 +460,13 @@ struct SortedMeanStep {
   int64_t trim;
   bool winsorize;
   ValueBlock<acc_t>& block;
+  bool stream = false;  // set by run_blocks
+  static constexpr bool kStreamOut = true;
 
   template <bool kFull>
   C10_ALWAYS_INLINE void apply(const scalar_t* const* in, scalar_t* const* out, int64_t i, int64_t count) {
     for (int64_t j = 0; j < block.k; ++j) block.set(j, load_acc<scalar_t, kFull>(in[j] + i, count));
-    store_acc<scalar_t, kFull>(out[0] + i, sorted_mean(block, trim, winsorize, count), count);
+    store_out<scalar_t, kFull>(out[0] + i, sorted_mean(block, trim, winsorize, count), count, stream);
   }
 };
 
@@ -421,6 +477,7 @@ struct RunningMedianStep {
   bool omit_nan;
   bool write_slot;
   ValueBlock<acc_t>& block;
+  static constexpr bool kStreamOut = false;  // outputs are also inputs: keep them cached
 
   template <bool kFull>
   C10_ALWAYS_INLINE void apply(const scalar_t* const* in, scalar_t* const* out, int64_t i, int64_t count) {
@@ -446,6 +503,7 @@ struct RingStep {
   acc_t lr;
   acc_t weight_decay;
   ValueBlock<acc_t>& block;  // k = R + 1 values: g, then the history
+  static constexpr bool kStreamOut = false;  // outputs are also inputs: keep them cached
 
   template <bool kFull>
   C10_ALWAYS_INLINE void apply(const scalar_t* const* in, scalar_t* const* out, int64_t i, int64_t count) {

@@ -98,9 +98,11 @@ def check_history(grads: Sequence[Tensor], history: Sequence[Tensor], slot: int,
     if grads and not -1 <= slot < R:
         _fail(op, f"argument 'slot' must be -1 (no write) or in [0, {R}), got {slot}")
     for i, g in enumerate(grads):
-        check_float(g, f"{grads_arg}[{i}]", op)
+        # running_median_ takes one tensor named 'grad'; the list ops index theirs.
+        g_arg = grads_arg if grads_arg == "grad" else f"{grads_arg}[{i}]"
+        check_float(g, g_arg, op)
         for j in range(R):
-            check_like(history[i * R + j], f"history[{i * R + j}]", g, f"{grads_arg}[{i}]", op)
+            check_like(history[i * R + j], f"history[{i * R + j}]", g, g_arg, op)
     return R
 
 

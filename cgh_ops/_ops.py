@@ -26,15 +26,17 @@ NAMESPACE = "cgh"
 # wrappers take the friendlier ``nan="propagate"|"omit"``.
 SCHEMAS = {
     "median_of_means": "(Tensor x, int groups=3, bool omit_nan=False) -> Tensor",
-    "median_of_means.out": "(Tensor x, int groups=3, bool omit_nan=False, *, Tensor(a!) out) -> Tensor(a!)",
+    "median_of_means.out": "(Tensor x, int groups=3, bool omit_nan=False, *, Tensor(a!) out) -> ()",
     "median3": "(Tensor a, Tensor b, Tensor c, bool omit_nan=False) -> Tensor",
-    "median3.out": "(Tensor a, Tensor b, Tensor c, bool omit_nan=False, *, Tensor(a!) out) -> Tensor(a!)",
+    "median3.out": "(Tensor a, Tensor b, Tensor c, bool omit_nan=False, *, Tensor(a!) out) -> ()",
     "foreach_median_of_means": "(Tensor[] xs, int groups=3, bool omit_nan=False) -> Tensor[]",
     "foreach_median_of_means.out": "(Tensor[] xs, int groups=3, bool omit_nan=False, *, Tensor(a!)[] out) -> ()",
+    # The .out overloads return nothing (the wrappers in ops.py return `out`): a custom op
+    # whose output aliases an input cannot be traced by AOTAutograd / torch.compile.
     "trimmed_mean": "(Tensor x, int trim) -> Tensor",
-    "trimmed_mean.out": "(Tensor x, int trim, *, Tensor(a!) out) -> Tensor(a!)",
+    "trimmed_mean.out": "(Tensor x, int trim, *, Tensor(a!) out) -> ()",
     "winsorized_mean": "(Tensor x, int trim) -> Tensor",
-    "winsorized_mean.out": "(Tensor x, int trim, *, Tensor(a!) out) -> Tensor(a!)",
+    "winsorized_mean.out": "(Tensor x, int trim, *, Tensor(a!) out) -> ()",
     # grad <- median(grad, *history); history[slot] <- raw grad (slot == -1: no write).
     "running_median_": "(Tensor(a!) grad, Tensor(b!)[] history, int slot, bool omit_nan=False) -> ()",
     # The same over a parameter list; history[i * R + j] is slot j of grads[i].
@@ -112,14 +114,12 @@ def _ring_step_fake(params, grads, history, slot, lr, weight_decay, reduce, omit
 def _median_of_means_out_fake(x, groups=3, omit_nan=False, *, out):
     _checks.check_median_of_means(x, groups)
     _checks.check_out(out, x.shape[1:], x, "median_of_means")
-    return out
 
 
 @torch.library.register_fake("cgh::median3.out")
 def _median3_out_fake(a, b, c, omit_nan=False, *, out):
     _checks.check_same_floats({"a": a, "b": b, "c": c}, "median3")
     _checks.check_out(out, a.shape, a, "median3")
-    return out
 
 
 @torch.library.register_fake("cgh::foreach_median_of_means.out")
@@ -131,7 +131,6 @@ def _trim_out_fake(name):
     def fake(x, trim, *, out):
         _checks.check_trim(x, trim, name)
         _checks.check_out(out, x.shape[1:], x, name)
-        return out
 
     return fake
 

@@ -51,11 +51,11 @@ running = importlib.import_module(_PACKAGE + ".running")
 
 
 def _out_form(op):
-    """``fn(*args, out=)`` of a ``cgh::<name>.out`` overload from a ``<name>_out_triton`` op."""
+    """``fn(*args, out=)`` of a ``cgh::<name>.out`` overload from a ``<name>_out_triton`` op
+    (returning nothing, like the overload; the public wrappers return ``out``)."""
 
     def fn(*args, out):
         op(*args, out)
-        return out
 
     return fn
 

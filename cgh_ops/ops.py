@@ -96,7 +96,8 @@ def median_of_means(x: Tensor, groups: int = 3, *, nan: str = "propagate", out: 
     omit = _checks.nan_mode(nan, "median_of_means")
     if out is None:
         return _kernel("median_of_means", "default", x.device)(x, groups, omit)
-    return _kernel("median_of_means", "out", x.device)(x, groups, omit, out=out)
+    _kernel("median_of_means", "out", x.device)(x, groups, omit, out=out)
+    return out
 
 
 def median3(a: Tensor, b: Tensor, c: Tensor, *, nan: str = "propagate", out: Optional[Tensor] = None) -> Tensor:
@@ -107,7 +108,8 @@ def median3(a: Tensor, b: Tensor, c: Tensor, *, nan: str = "propagate", out: Opt
     omit = _checks.nan_mode(nan, "median3")
     if out is None:
         return _kernel("median3", "default", a.device)(a, b, c, omit)
-    return _kernel("median3", "out", a.device)(a, b, c, omit, out=out)
+    _kernel("median3", "out", a.device)(a, b, c, omit, out=out)
+    return out
 
 
 def foreach_median_of_means(
@@ -135,7 +137,8 @@ def trimmed_mean(x: Tensor, trim: int, *, out: Optional[Tensor] = None) -> Tenso
     """
     if out is None:
         return _kernel("trimmed_mean", "default", x.device)(x, trim)
-    return _kernel("trimmed_mean", "out", x.device)(x, trim, out=out)
+    _kernel("trimmed_mean", "out", x.device)(x, trim, out=out)
+    return out
 
 
 def winsorized_mean(x: Tensor, trim: int, *, out: Optional[Tensor] = None) -> Tensor:
@@ -146,7 +149,8 @@ def winsorized_mean(x: Tensor, trim: int, *, out: Optional[Tensor] = None) -> Te
     """
     if out is None:
         return _kernel("winsorized_mean", "default", x.device)(x, trim)
-    return _kernel("winsorized_mean", "out", x.device)(x, trim, out=out)
+    _kernel("winsorized_mean", "out", x.device)(x, trim, out=out)
+    return out
 
 
 def running_median_(grad: Tensor, history: Sequence[Tensor], slot: int, *, nan: str = "propagate") -> Tensor:

@@ -60,7 +60,9 @@ def group_means(x: Tensor, groups: int) -> list[Tensor]:
         total = chunk[0].to(acc)
         for row in chunk[1:]:
             total = total + row.to(acc)
-        means.append(total / chunk.shape[0])
+        # A true division: dividing a CUDA tensor by a Python number multiplies by the
+        # reciprocal instead, which can be one ulp off the native kernels.
+        means.append(total / torch.full_like(total, chunk.shape[0]))
     return means
 
 
@@ -97,7 +99,8 @@ def _sum_rows_in_order(rows) -> Tensor:
 def trimmed_mean(x: Tensor, trim: int) -> Tensor:
     s, has_nan = _sorted_rows(x, trim, "trimmed_mean")
     m = s.shape[0]
-    mean = _sum_rows_in_order(list(s[trim : m - trim])) / (m - 2 * trim)
+    total = _sum_rows_in_order(list(s[trim : m - trim]))
+    mean = total / torch.full_like(total, m - 2 * trim)
     return torch.where(has_nan, float("nan"), mean).to(x.dtype)
 
 
@@ -105,7 +108,8 @@ def winsorized_mean(x: Tensor, trim: int) -> Tensor:
     s, has_nan = _sorted_rows(x, trim, "winsorized_mean")
     m = s.shape[0]
     rows = [s[trim]] * trim + list(s[trim : m - trim]) + [s[m - 1 - trim]] * trim
-    mean = _sum_rows_in_order(rows) / m
+    total = _sum_rows_in_order(rows)
+    mean = total / torch.full_like(total, m)
     return torch.where(has_nan, float("nan"), mean).to(x.dtype)
 
 
@@ -149,7 +153,8 @@ def ring_step_(
             if reduce == "median":
                 r = median_of_values(values, omit_nan)
             else:
-                r = _sum_rows_in_order(values) / len(values)
+                total = _sum_rows_in_order(values)
+                r = total / torch.full_like(total, len(values))
             new_p = (p.to(acc) - r * lr).to(p.dtype)
         if slot >= 0:
             mine[slot].copy_(g)
@@ -162,7 +167,7 @@ def _with_out(fn, op_name: str, out_shape):
     def impl(*args, out):
         result = fn(*args)
         _checks.check_out(out, out_shape(*args), args[0], op_name)
-        return out.copy_(result)
+        out.copy_(result)
 
     return impl
 

@@ -83,12 +83,11 @@ def _functional(x, a, b, c, xs):
 
 def _out_forms(x, a, b, c, xs):
     """Every out= overload, into fresh outputs (what the optimizers and transforms call)."""
-    results = [
-        torch.ops.cgh.median_of_means.out(x, 3, False, out=torch.empty_like(a)),
-        torch.ops.cgh.median3.out(a, b, c, True, out=torch.empty_like(a)),
-        torch.ops.cgh.trimmed_mean.out(x, 1, out=torch.empty_like(a)),
-        torch.ops.cgh.winsorized_mean.out(x, 1, out=torch.empty_like(a)),
-    ]
+    results = [torch.empty_like(a) for _ in range(4)]
+    torch.ops.cgh.median_of_means.out(x, 3, False, out=results[0])
+    torch.ops.cgh.median3.out(a, b, c, True, out=results[1])
+    torch.ops.cgh.trimmed_mean.out(x, 1, out=results[2])
+    torch.ops.cgh.winsorized_mean.out(x, 1, out=results[3])
     outs = [torch.empty_like(t[0]) for t in xs]
     torch.ops.cgh.foreach_median_of_means.out(xs, 3, False, out=outs)
     return results + outs

@@ -185,7 +185,9 @@ inline int64_t check_history(at::TensorList grads, at::TensorList history, int64
   TORCH_CHECK_VALUE(grads.empty() || (slot >= -1 && slot < R), "cgh.", op,
                     ": argument 'slot' must be -1 (no write) or in [0, ", R, "), got ", slot);
   for (size_t i = 0; i < grads.size(); ++i) {
-    const std::string g_arg = detail::indexed(grads_arg, i);
+    // running_median_ takes one tensor named 'grad'; the list ops index theirs.
+    const bool single = std::string(grads_arg) == "grad";
+    const std::string g_arg = single ? std::string(grads_arg) : detail::indexed(grads_arg, i);
     check_float(grads[i], g_arg.c_str(), op);
     for (int64_t j = 0; j < R; ++j) {
       const int64_t k = static_cast<int64_t>(i) * R + j;

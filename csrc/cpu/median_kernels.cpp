@@ -54,11 +54,10 @@ at::Tensor median_of_means(const at::Tensor& x, int64_t groups, bool omit_nan) {
   return out;
 }
 
-at::Tensor& median_of_means_out(const at::Tensor& x, int64_t groups, bool omit_nan, at::Tensor& out) {
+void median_of_means_out(const at::Tensor& x, int64_t groups, bool omit_nan, at::Tensor& out) {
   check_median_of_means(x, groups, "x", "median_of_means");
   check_out(out, x.sizes().slice(1), x, "median_of_means");
   median_of_means_into(x, groups, omit_nan, out);
-  return out;
 }
 
 std::vector<at::Tensor> foreach_median_of_means(at::TensorList xs, int64_t groups, bool omit_nan) {
@@ -97,12 +96,11 @@ at::Tensor median3(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c
   return out;
 }
 
-at::Tensor& median3_out(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, bool omit_nan,
-                        at::Tensor& out) {
+void median3_out(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, bool omit_nan,
+                 at::Tensor& out) {
   check_same_floats3(a, b, c, "median3");
   check_out(out, a.sizes(), a, "median3");
   median3_into(a, b, c, omit_nan, out);
-  return out;
 }
 
 // ------------------------------------------------------------------ trimmed / winsorized
@@ -127,12 +125,11 @@ at::Tensor trim_op(const at::Tensor& x, int64_t trim) {
 }
 
 template <bool kWinsorize>
-at::Tensor& trim_op_out(const at::Tensor& x, int64_t trim, at::Tensor& out) {
+void trim_op_out(const at::Tensor& x, int64_t trim, at::Tensor& out) {
   const char* op = kWinsorize ? "winsorized_mean" : "trimmed_mean";
   check_trim(x, trim, op);
   check_out(out, x.sizes().slice(1), x, op);
   sorted_mean_into(x, trim, kWinsorize, out);
-  return out;
 }
 
 }  // namespace

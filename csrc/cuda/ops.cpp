@@ -158,11 +158,10 @@ void median_of_means_list(const std::vector<Tensor>& xs, int64_t groups, bool om
   for (auto& [out, buf] : copy_back) out.copy_(buf);
 }
 
-Tensor& median_of_means_out(const Tensor& x, int64_t groups, bool omit_nan, Tensor& out) {
+void median_of_means_out(const Tensor& x, int64_t groups, bool omit_nan, Tensor& out) {
   check_median_of_means(x, groups, "x", "median_of_means");
   check_out(out, x.sizes().slice(1), x, "median_of_means");
   median_of_means_list({x}, groups, omit_nan, {out});
-  return out;
 }
 
 Tensor median_of_means(const Tensor& x, int64_t groups, bool omit_nan) {
@@ -214,12 +213,11 @@ Tensor trim_op(const Tensor& x, int64_t trim) {
 }
 
 template <bool WINSORIZE>
-Tensor& trim_op_out(const Tensor& x, int64_t trim, Tensor& out) {
+void trim_op_out(const Tensor& x, int64_t trim, Tensor& out) {
   const char* op = WINSORIZE ? "winsorized_mean" : "trimmed_mean";
   check_trim(x, trim, op);
   check_out(out, x.sizes().slice(1), x, op);
   trimmed_into(x, trim, WINSORIZE, out);
-  return out;
 }
 
 // ------------------------------------------------------------------ ring family
@@ -300,11 +298,10 @@ Tensor median3(const Tensor& a, const Tensor& b, const Tensor& c, bool omit_nan)
   return out;
 }
 
-Tensor& median3_out(const Tensor& a, const Tensor& b, const Tensor& c, bool omit_nan, Tensor& out) {
+void median3_out(const Tensor& a, const Tensor& b, const Tensor& c, bool omit_nan, Tensor& out) {
   check_same_floats3(a, b, c, "median3");
   check_out(out, a.sizes(), a, "median3");
   ring_dispatch({out}, {a}, {b, c}, 2, kStoreMedian, -1, 0.0, 0.0, omit_nan);
-  return out;
 }
 
 void running_median_(const Tensor& grad, at::TensorList history, int64_t slot, bool omit_nan) {

@@ -65,10 +65,12 @@ def report() -> str:
     lines.append(f"CUDA backend for the wrappers: {ops.get_cuda_backend()} (cgh_ops.set_cuda_backend)")
     lines.append("")
     width = max(len(name) for name in SCHEMAS) + 2
-    lines.append("op".ljust(width) + "".join(d.ljust(12) for d in DEVICES))
+    lines.append("op".ljust(width) + "".join(d.ljust(12) for d in DEVICES) + "Triton (CUDA)")
     for name in SCHEMAS:
         qualname = "cgh::" + name
-        lines.append(name.ljust(width) + "".join(kernel_for(qualname, d).ljust(12) for d in DEVICES))
+        op_name, _, overload = name.partition(".")
+        triton = "yes" if (op_name, overload or "default") in ops.TRITON_KERNELS else "no"
+        lines.append(name.ljust(width) + "".join(kernel_for(qualname, d).ljust(12) for d in DEVICES) + triton)
     return "\n".join(lines)
 
 

@@ -65,9 +65,10 @@ class _RingOptimizer(Optimizer):
         super().add_param_group(param_group)
 
     # -- schedule ----------------------------------------------------------------
-    def _plan(self, done: int, k: int) -> tuple[int, str]:
-        """(slot, reduce) for a parameter that has already taken ``done`` steps."""
-        raise NotImplementedError
+    # Each subclass defines the schedule:
+    #   def _plan(self, done: int, k: int) -> tuple[int, str]
+    # returning (slot, reduce) for a parameter that has already taken ``done`` steps.
+    _plan: Callable[[int, int], tuple[int, str]]
 
     # -- step ----------------------------------------------------------------------
     @torch.no_grad()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -75,6 +76,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as exc:
         print(f"python -m cgh_ops.train: error: {exc}", file=sys.stderr)
         return 2
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun, rank 0 alone prints the table
     s0 = summaries[0]
     print(
         f"\n{s0['data']} / {s0['arch']}, corrupt fraction {s0['corrupt_fraction']:g} "

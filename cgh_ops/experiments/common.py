@@ -12,6 +12,7 @@ hardness protocol needs.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import math
 import os
@@ -379,3 +380,24 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+# ------------------------------------------------------------------ command lines
+def int_list(s: str) -> List[int]:
+    return [int(v) for v in s.split(",") if v]
+
+
+def float_list(s: str) -> List[float]:
+    return [float(v) for v in s.split(",") if v]
+
+
+def experiment_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The flags every experiment shares: where to write, and which data and model."""
+    p = argparse.ArgumentParser(prog=prog, description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out")
+    p.add_argument("--data", default="digits", help="'digits' or an ImageFolder root with train/ and val/")
+    p.add_argument("--image-size", type=int, default=32, help="side of the resized images (ImageFolder)")
+    p.add_argument("--arch", default="mlp", help="mlp, cnn or a torchvision model name")
+    return p

@@ -42,6 +42,8 @@ from typing import Dict, List, Sequence
 import torch
 
 from .common import (
+    experiment_parser,
+    int_list,
     Method,
     TrainConfig,
     aggregate,
@@ -62,20 +64,11 @@ SPLIT_STATS = ("warmup_epoch", "warmup_train_acc", "n_easy", "n_hard", "n_train_
 SGD = Method("sgd-m0.9", "sgd", momentum=0.9)  # the paper's baseline optimizer
 
 
-def _ints(s: str) -> List[int]:
-    return [int(v) for v in s.split(",") if v]
-
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m cgh_ops.experiments.hardness", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out")
-    p.add_argument("--data", default="digits", help="'digits' or an ImageFolder root with train/ and val/")
-    p.add_argument("--image-size", type=int, default=32, help="side of the resized images (ImageFolder)")
-    p.add_argument("--arch", default="mlp", help="mlp, cnn or a torchvision model name")
+    p = experiment_parser("python -m cgh_ops.experiments.hardness", __doc__)
     p.add_argument("--width", type=int, default=512, help="hidden width of the mlp")
-    p.add_argument("--seeds", type=_ints, default=[0, 1, 2, 3, 4], help="seeds, comma-separated")
+    p.add_argument("--seeds", type=int_list, default=[0, 1, 2, 3, 4], help="seeds, comma-separated")
     p.add_argument("--split-acc", type=float, default=0.5,
                    help="end the warm-up when this fraction of the training set is classified correctly")
     p.add_argument("--split", choices=("correct", "balanced"), default="correct",

@@ -32,6 +32,9 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 
 from .common import (
+    experiment_parser,
+    float_list,
+    int_list,
     Method,
     TrainConfig,
     aggregate,
@@ -51,28 +54,16 @@ GROUP_KEYS = ("width", "base_batch", "epochs", "corrupt_fraction", "method")
 METRICS = ("pristine_acc", "corrupt_acc", "test_acc", "gap")
 
 
-def _floats(s: str) -> List[float]:
-    return [float(v) for v in s.split(",") if v]
-
-
-def _ints(s: str) -> List[int]:
-    return [int(v) for v in s.split(",") if v]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m cgh_ops.experiments.memorization", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out")
-    p.add_argument("--data", default="digits", help="'digits' or an ImageFolder root with train/ and val/")
-    p.add_argument("--image-size", type=int, default=32, help="side of the resized images (ImageFolder)")
-    p.add_argument("--arch", default="mlp", help="mlp, cnn or a torchvision model name")
-    p.add_argument("--widths", type=_ints, default=[256], help="hidden width(s) of the mlp, comma-separated")
-    p.add_argument("--batch-sizes", type=_ints, default=[32], help="base batch size(s), comma-separated")
-    p.add_argument("--noise", type=_floats, default=[0.5, 0.25, 0.0], help="label noise fractions")
+    p = experiment_parser("python -m cgh_ops.experiments.memorization", __doc__)
+    p.add_argument("--widths", type=int_list, default=[256], help="hidden width(s) of the mlp, comma-separated")
+    p.add_argument("--batch-sizes", type=int_list, default=[32], help="base batch size(s), comma-separated")
+    p.add_argument("--noise", type=float_list, default=[0.5, 0.25, 0.0], help="label noise fractions")
     p.add_argument("--methods", default=None,
                    help="comma-separated subset of: " + ", ".join(m.name for m in standard_methods(3)))
-    p.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="seeds, comma-separated")
+    p.add_argument("--seeds", type=int_list, default=[0, 1, 2], help="seeds, comma-separated")
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--weight-decay", type=float, default=0.0)

@@ -63,7 +63,10 @@ def _extensions():
             os.environ["CUDA_HOME"] = cuda_home
     from torch.utils import cpp_extension
 
-    cxx_flags = ["-O3", "-ffp-contract=off", "-fno-math-errno"]
+    # -fopenmp: at::parallel_for is inline; without it the OpenMP pragmas torch's headers
+    # use are ignored and every kernel runs on one thread (torch's own libgomp serves it).
+    cxx_flags = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"]
+    link_flags = ["-fopenmp"]
     rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
     include_dirs = [os.path.join(ROOT, "csrc")]
@@ -79,12 +82,17 @@ def _extensions():
             include_dirs=include_dirs + _pip_cuda_include_dirs(),
             library_dirs=[os.path.join(cuda_home, "lib64")],
             extra_compile_args={"cxx": cxx_flags + ["-DCGH_WITH_CUDA"], "nvcc": nvcc_flags},
+            extra_link_args=link_flags,
         )
         print(f"cgh_ops: building CPU + CUDA kernels (CUDA_HOME={cuda_home}, "
               f"archs {os.environ['TORCH_CUDA_ARCH_LIST']})")
     else:
         ext = cpp_extension.CppExtension(
-            "cgh_ops._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx_flags}
+            "cgh_ops._C",
+            sources,
+            include_dirs=include_dirs,
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=link_flags,
         )
         print("cgh_ops: building the CPU kernels only")
     _write_build_info(cuda_home)

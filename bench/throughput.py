@@ -219,7 +219,6 @@ def make_problem(op: str, n: int, k: int, dtype: torch.dtype, device: torch.devi
 def ours(op: str, data: dict, out) -> Callable[[], object]:
     """Our op on ``data`` through the public wrappers (which honour ``set_cuda_backend``)."""
     import cgh_ops
-    from cgh_ops import ops as cgh_public
 
     if op == "median3":
         return lambda: cgh_ops.median3(data["a"], data["b"], data["c"], out=out)
@@ -234,10 +233,8 @@ def ours(op: str, data: dict, out) -> Callable[[], object]:
     if op == "running_median_":
         return lambda: cgh_ops.running_median_(data["grad"], data["history"], data["slot"])
     if op == "ring_step_":
-        # No public wrapper (the optimizers call it); the same backend routing as the wrappers.
         d = data
-        kernel = cgh_public._kernel("ring_step_", "default", d["params"][0].device)
-        return lambda: kernel(d["params"], d["grads"], d["history"], d["slot"], d["lr"], d["wd"], "median", False)
+        return lambda: cgh_ops.ring_step_(d["params"], d["grads"], d["history"], d["slot"], d["lr"], d["wd"], "median")
     raise ValueError(f"unknown op {op!r}")
 
 

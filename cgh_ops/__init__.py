@@ -14,6 +14,7 @@ from .ops import (  # noqa: F401
     get_cuda_backend,
     median3,
     median_of_means,
+    ring_step_,
     running_median_,
     set_cuda_backend,
     trimmed_mean,

@@ -33,6 +33,7 @@ __all__ = [
     "winsorized_mean",
     "running_median_",
     "foreach_running_median_",
+    "ring_step_",
     "set_cuda_backend",
     "get_cuda_backend",
 ]
@@ -172,3 +173,28 @@ def foreach_running_median_(
     omit = _checks.nan_mode(nan, "foreach_running_median_")
     grads = list(grads)
     _kernel("foreach_running_median_", "default", _first_device(grads))(grads, list(history), slot, omit)
+
+
+def ring_step_(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    history: Sequence[Tensor],
+    slot: int,
+    lr: float,
+    weight_decay: float,
+    reduce: str,
+    *,
+    nan: str = "propagate",
+) -> None:
+    """One fused M3/RM3/RA3 step over a parameter list (what :mod:`cgh_ops.optim` calls).
+
+    Per parameter ``i`` with ``R = len(history) // len(params)`` history slots
+    ``history[i * R : (i + 1) * R]``: ``g = grad + weight_decay * param`` (rounded to the
+    parameter dtype); ``reduce="median"`` or ``"mean"`` sets ``param -= lr * reduce(g, *history)``
+    (``"none"`` leaves it); then ``history[slot] <- g`` unless ``slot == -1``.
+    """
+    omit = _checks.nan_mode(nan, "ring_step_")
+    params = list(params)
+    _kernel("ring_step_", "default", _first_device(params))(
+        params, list(grads), list(history), slot, lr, weight_decay, reduce, omit
+    )

@@ -1,7 +1,8 @@
 """The ring-buffer optimizers of Coherent Gradients: M3, RM3 and RA3.
 
 All three keep, per parameter, ``k - 1`` gradient-sized history buffers (the current
-gradient is the k-th value) and step through one fused op, ``torch.ops.cgh.ring_step_``:
+gradient is the k-th value) and step through one fused op, ``torch.ops.cgh.ring_step_``
+(through :func:`cgh_ops.ring_step_`, so ``cgh_ops.set_cuda_backend`` applies):
 
     g = grad + weight_decay * param          (rounded to the param dtype)
     history[slot] <- g                       (slot == -1: nothing stored)
@@ -31,6 +32,8 @@ from typing import Callable, Optional
 
 import torch
 from torch.optim import Optimizer
+
+import cgh_ops
 
 __all__ = ["M3", "RM3", "RA3"]
 
@@ -108,7 +111,7 @@ class _RingOptimizer(Optimizer):
                 state["step"] += 1
 
         for (_, _, lr, wd, _, slot, reduce), (params, grads, history) in calls.items():
-            torch.ops.cgh.ring_step_(params, grads, history, slot, lr, wd, reduce)
+            cgh_ops.ring_step_(params, grads, history, slot, lr, wd, reduce)
         return loss
 
 

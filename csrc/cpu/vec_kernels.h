@@ -163,7 +163,7 @@ C10_ALWAYS_INLINE V median3_net(const V& a, const V& b, const V& c) {
 // Sorts v[0..k) ascending (odd-even transposition: k rounds of neighbour exchanges, each
 // stable, so the whole sort is stable).
 template <typename V>
-inline void sort_net(V* v, int k) {
+C10_ALWAYS_INLINE void sort_net(V* v, int k) {
   for (int round = 0; round < k; ++round)
     for (int j = round & 1; j + 1 < k; j += 2) cswap(v[j], v[j + 1]);
 }
@@ -360,6 +360,29 @@ C10_ALWAYS_INLINE Vectorized<acc_t> sorted_mean(ValueBlock<acc_t>& b, int64_t tr
 }
 
 // ------------------------------------------------------------------ runs and blocks
+// Calls step on the blocks of n coordinates of contiguous operands; `stream`: write the
+// output with streaming stores (where the step allows it and the ISA has them).
+template <typename scalar_t, typename Step>
+C10_ALWAYS_INLINE void run_contiguous(const scalar_t* const* in, scalar_t* const* out, int64_t n, bool stream,
+                                      Step& step) {
+  constexpr int64_t W = Vectorized<acc_type<scalar_t>>::size();
+  int64_t i = 0;
+  if constexpr (Step::kStreamOut) {
+    // First the coordinates before the output's 32-byte boundary, then aligned full blocks.
+    const auto addr = reinterpret_cast<uintptr_t>(out[0]);
+    step.stream = stream && addr % sizeof(scalar_t) == 0;
+    if (step.stream && addr % 32 != 0) {
+      i = std::min<int64_t>(n, static_cast<int64_t>((32 - addr % 32) / sizeof(scalar_t)));
+      step.template apply<false>(in, out, 0, i);
+    }
+  }
+  for (; i + W <= n; i += W) step.template apply<true>(in, out, i, W);
+  if (i < n) step.template apply<false>(in, out, i, n - i);
+  if constexpr (Step::kStreamOut) {
+    if (step.stream) stream_fence();
+  }
+}
+
 template <typename scalar_t, typename Step>
 void run_blocks(char** data, const int64_t* strides, int64_t n, int64_t n_out, int64_t n_in, Step& step) {
   constexpr int64_t W = Vectorized<acc_type<scalar_t>>::size();
@@ -371,22 +394,7 @@ void run_blocks(char** data, const int64_t* strides, int64_t n, int64_t n_out, i
   if (contiguous) {
     for (int64_t j = 0; j < n_out; ++j) out[j] = reinterpret_cast<scalar_t*>(data[j]);
     for (int64_t j = 0; j < n_in; ++j) in[j] = reinterpret_cast<const scalar_t*>(data[n_out + j]);
-    int64_t i = 0;
-    if constexpr (Step::kStreamOut) {
-      // Stream a large output: first the coordinates before its 32-byte boundary, then
-      // aligned full blocks.
-      const auto addr = reinterpret_cast<uintptr_t>(out[0]);
-      step.stream = n * int64_t(sizeof(scalar_t)) >= kStreamBytes && addr % sizeof(scalar_t) == 0;
-      if (step.stream && addr % 32 != 0) {
-        i = std::min<int64_t>(n, static_cast<int64_t>((32 - addr % 32) / sizeof(scalar_t)));
-        step.template apply<false>(in.data(), out.data(), 0, i);
-      }
-    }
-    for (; i + W <= n; i += W) step.template apply<true>(in.data(), out.data(), i, W);
-    if (i < n) step.template apply<false>(in.data(), out.data(), i, n - i);
-    if constexpr (Step::kStreamOut) {
-      if (step.stream) stream_fence();
-    }
+    run_contiguous<scalar_t>(in.data(), out.data(), n, n * int64_t(sizeof(scalar_t)) >= kStreamBytes, step);
     return;
   }
   // Strided run: gather W coordinates of every input into a small buffer, compute, and
@@ -454,9 +462,11 @@ struct Median3Step {
   }
 };
 
-template <typename scalar_t>
+// K: k when fixed at compile time (small k: the values stay in registers), else 0.
+template <typename scalar_t, int K>
 struct SortedMeanStep {
   using acc_t = acc_type<scalar_t>;
+  using Vec = Vectorized<acc_t>;
   int64_t trim;
   bool winsorize;
   ValueBlock<acc_t>& block;
@@ -465,8 +475,26 @@ struct SortedMeanStep {
 
   template <bool kFull>
   C10_ALWAYS_INLINE void apply(const scalar_t* const* in, scalar_t* const* out, int64_t i, int64_t count) {
-    for (int64_t j = 0; j < block.k; ++j) block.set(j, load_acc<scalar_t, kFull>(in[j] + i, count));
-    store_out<scalar_t, kFull>(out[0] + i, sorted_mean(block, trim, winsorize, count), count, stream);
+    if constexpr (K > 0) {
+      Vec v[K];
+      for (int j = 0; j < K; ++j) v[j] = load_acc<scalar_t, kFull>(in[j] + i, count);
+      Vec nan = v[0].isnan();
+      for (int j = 1; j < K; ++j) nan = nan | v[j].isnan();
+      sort_net(v, K);
+      Vec total = v[trim];
+      if (!winsorize) {
+        for (int64_t j = trim + 1; j < K - trim; ++j) total = total + v[j];
+        total = total / Vec(static_cast<acc_t>(K - 2 * trim));
+      } else {
+        for (int64_t p = 1; p < K; ++p) total = total + v[std::clamp<int64_t>(p, trim, K - 1 - trim)];
+        total = total / Vec(static_cast<acc_t>(K));
+      }
+      if (any_lane(nan)) total = Vec::blendv(total, Vec(nan_value<acc_t>()), nan);
+      store_out<scalar_t, kFull>(out[0] + i, total, count, stream);
+    } else {
+      for (int64_t j = 0; j < block.k; ++j) block.set(j, load_acc<scalar_t, kFull>(in[j] + i, count));
+      store_out<scalar_t, kFull>(out[0] + i, sorted_mean(block, trim, winsorize, count), count, stream);
+    }
   }
 };
 
@@ -538,8 +566,96 @@ struct RingStep {
 };
 
 // ------------------------------------------------------------------ entry points
+// dst[0, len) <- the mean of the `size` rows rows[r][t0, t0 + len): added in order, then
+// divided by size (the reference's group mean). At most 4 rows per pass, accumulating in
+// dst (a cache-resident tile): rows of an [m, n] input are a large power of two apart, and
+// reading many of them at once makes their loads contend for the same L1 sets.
+template <typename acc_t>
+void group_mean_tile(const acc_t* const* rows, int64_t size, int64_t t0, int64_t len, acc_t* dst) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t W = Vec::size();
+  const Vec div(static_cast<acc_t>(size));
+  for (int64_t i = 0; i < size;) {
+    const bool first = i == 0;
+    const int64_t cnt = std::min<int64_t>(first ? 4 : 3, size - i);
+    const bool last = i + cnt == size;
+    const acc_t* p[4];
+    for (int64_t r = 0; r < cnt; ++r) p[r] = rows[i + r] + t0;
+    auto pass = [&](int64_t j, int64_t c, auto full) {
+      auto load = [&](const acc_t* q) { return decltype(full)::value ? Vec::loadu(q) : Vec::loadu(q, c); };
+      Vec acc = first ? load(p[0] + j) : load(dst + j);
+      for (int64_t r = first ? 1 : 0; r < cnt; ++r) acc = acc + load(p[r] + j);
+      if (last) acc = acc / div;
+      if (decltype(full)::value) acc.store(dst + j);
+      else acc.store(dst + j, static_cast<int>(c));
+    };
+    int64_t j = 0;
+    for (; j + W <= len; j += W) pass(j, W, std::true_type{});
+    if (j < len) pass(j, len - j, std::false_type{});
+    i += cnt;
+  }
+}
+
+// Median of means of contiguous float/double rows: the means of groups of several rows
+// go to per-thread tiles (group_mean_tile), one-row groups are read in place, then the
+// median over the G tiles/rows streams the output, tile by tile.
+template <typename scalar_t>
+void median_of_means_tiled(const KernelArgs& a, scalar_t* out, const scalar_t* const* rows, int64_t n) {
+  using acc_t = scalar_t;
+  constexpr int64_t W = Vectorized<acc_t>::size();
+  const int64_t G = a.k;
+  int64_t staged = 0;
+  for (int64_t g = 0; g < G; ++g) staged += a.first[g + 1] - a.first[g] > 1;
+  // Tiles of all staged groups fill about 384 KiB (L2); long tiles keep each pass reading
+  // long runs of each row. Tiles 5 cache lines more than their size apart (no shared L1 sets).
+  int64_t T = n;
+  if (staged > 0) {
+    T = std::clamp<int64_t>((int64_t{384} << 10) / int64_t(sizeof(acc_t)) / staged / W * W, 1024, 32768);
+    T = std::min(T, n);
+  }
+  const int64_t pitch = T + 5 * 64 / int64_t(sizeof(acc_t));
+  thread_local std::vector<acc_t> tiles;  // grows once per thread, not per call
+  if (int64_t(tiles.size()) < staged * pitch) tiles.resize(static_cast<size_t>(staged * pitch));
+  c10::SmallVector<const acc_t*, 16> vals(G);
+  c10::SmallVector<int64_t, 17> ident(G + 1);  // the median sees G one-row "groups"
+  for (int64_t g = 0; g <= G; ++g) ident[g] = g;
+  const bool stream = n * int64_t(sizeof(acc_t)) >= kStreamBytes;
+  ValueBlock<acc_t> block(G);
+  for (int64_t t0 = 0; t0 < n; t0 += T) {
+    const int64_t len = std::min(T, n - t0);
+    int64_t s = 0;
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t size = a.first[g + 1] - a.first[g];
+      if (size == 1) {
+        vals[g] = rows[a.first[g]] + t0;
+      } else {
+        acc_t* dst = tiles.data() + (s++) * pitch;
+        group_mean_tile(rows + a.first[g], size, t0, len, dst);
+        vals[g] = dst;
+      }
+    }
+    scalar_t* o = out + t0;
+    if (G == 3) {
+      Median3Step<scalar_t> step{a.omit_nan, block};
+      run_contiguous<scalar_t>(vals.data(), &o, len, stream, step);
+    } else {
+      MedianOfMeansStep<scalar_t, 0> step{ident.data(), a.omit_nan, block};
+      run_contiguous<scalar_t>(vals.data(), &o, len, stream, step);
+    }
+  }
+}
+
 template <typename scalar_t>
 void run_median_of_means(const KernelArgs& a, char** data, const int64_t* strides, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, acc_type<scalar_t>>) {
+    bool contiguous = true;
+    for (int64_t j = 0; j < a.n_out + a.n_in; ++j) contiguous = contiguous && strides[j] == int64_t(sizeof(scalar_t));
+    if (contiguous) {
+      c10::SmallVector<const scalar_t*, 16> rows(a.n_in);
+      for (int64_t j = 0; j < a.n_in; ++j) rows[j] = reinterpret_cast<const scalar_t*>(data[a.n_out + j]);
+      return median_of_means_tiled<scalar_t>(a, reinterpret_cast<scalar_t*>(data[0]), rows.data(), n);
+    }
+  }
   ValueBlock<acc_type<scalar_t>> block(a.k);
   if (a.k == 3) {
     MedianOfMeansStep<scalar_t, 3> step{a.first, a.omit_nan, block};
@@ -560,8 +676,16 @@ void run_median3(const KernelArgs& a, char** data, const int64_t* strides, int64
 template <typename scalar_t>
 void run_sorted_mean(const KernelArgs& a, char** data, const int64_t* strides, int64_t n) {
   ValueBlock<acc_type<scalar_t>> block(a.k);
-  SortedMeanStep<scalar_t> step{a.trim, a.winsorize, block};
-  run_blocks<scalar_t>(data, strides, n, a.n_out, a.n_in, step);
+  auto run = [&](auto k_const) {
+    SortedMeanStep<scalar_t, decltype(k_const)::value> step{a.trim, a.winsorize, block};
+    run_blocks<scalar_t>(data, strides, n, a.n_out, a.n_in, step);
+  };
+  switch (a.k) {
+    case 3: return run(std::integral_constant<int, 3>{});
+    case 4: return run(std::integral_constant<int, 4>{});
+    case 5: return run(std::integral_constant<int, 5>{});
+    default: return run(std::integral_constant<int, 0>{});
+  }
 }
 
 template <typename scalar_t>

@@ -16,6 +16,7 @@ enum class RingReduce : int8_t { None, Median, Mean };
 struct KernelArgs {
   int64_t n_out = 1;  // operands: n_out outputs, then n_in inputs
   int64_t n_in = 0;
+  int64_t total = 0;  // coordinates of the whole problem (set by run_kernel)
   int64_t k = 0;                   // values per coordinate that the reduction sees
   const int64_t* first = nullptr;  // median_of_means: group g is inputs [first[g], first[g + 1])
   bool omit_nan = false;

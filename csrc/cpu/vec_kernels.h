@@ -105,8 +105,15 @@ C10_ALWAYS_INLINE void copy_raw(scalar_t* dst, const scalar_t* src, int64_t coun
 // Large outputs are written with non-temporal (streaming) stores where the ISA has them
 // (AVX2 build, float32/float64): they skip the read-for-ownership of each output cache
 // line, as memcpy does for large copies, so the op moves only the bytes it must. Below
-// this many output bytes per run, normal stores (the result may be read again soon).
+// this many output bytes per problem, normal stores (the result may be read again soon).
 constexpr int64_t kStreamBytes = int64_t{1} << 22;
+
+// Whether a run of n coordinates of a problem (a.total coordinates, split into runs by
+// the op layer) writes its output with streaming stores.
+template <typename scalar_t>
+C10_ALWAYS_INLINE bool streamed(const KernelArgs& a, int64_t n) {
+  return std::max(n, a.total) * int64_t(sizeof(scalar_t)) >= kStreamBytes;
+}
 
 // Streams a full block to a 32-byte-aligned p; false where this build cannot.
 template <typename scalar_t>
@@ -384,8 +391,9 @@ C10_ALWAYS_INLINE void run_contiguous(const scalar_t* const* in, scalar_t* const
 }
 
 template <typename scalar_t, typename Step>
-void run_blocks(char** data, const int64_t* strides, int64_t n, int64_t n_out, int64_t n_in, Step& step) {
+void run_blocks(const KernelArgs& a, char** data, const int64_t* strides, int64_t n, Step& step) {
   constexpr int64_t W = Vectorized<acc_type<scalar_t>>::size();
+  const int64_t n_out = a.n_out, n_in = a.n_in;
   const int64_t n_ops = n_out + n_in;
   bool contiguous = true;
   for (int64_t j = 0; j < n_ops; ++j) contiguous = contiguous && strides[j] == int64_t(sizeof(scalar_t));
@@ -394,7 +402,7 @@ void run_blocks(char** data, const int64_t* strides, int64_t n, int64_t n_out, i
   if (contiguous) {
     for (int64_t j = 0; j < n_out; ++j) out[j] = reinterpret_cast<scalar_t*>(data[j]);
     for (int64_t j = 0; j < n_in; ++j) in[j] = reinterpret_cast<const scalar_t*>(data[n_out + j]);
-    run_contiguous<scalar_t>(in.data(), out.data(), n, n * int64_t(sizeof(scalar_t)) >= kStreamBytes, step);
+    run_contiguous<scalar_t>(in.data(), out.data(), n, streamed<scalar_t>(a, n), step);
     return;
   }
   // Strided run: gather W coordinates of every input into a small buffer, compute, and
@@ -447,20 +455,77 @@ struct MedianOfMeansStep {
   }
 };
 
-template <typename scalar_t>
-struct Median3Step {
+// The exact median of K values per lane, in registers (`net`: the NaN-free network
+// result), for blocks that may hold a NaN: kept out of line, the hot loop only tests.
+template <typename acc_t>
+C10_NOINLINE Vectorized<acc_t> median_nan_block(const Vectorized<acc_t>* v, int64_t k, bool omit_nan,
+                                               const Vectorized<acc_t>& net) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t W = Vec::size();
+  Vec nan = v[0].isnan();
+  for (int64_t j = 1; j < k; ++j) nan = nan | v[j].isnan();
+  if (!omit_nan) return Vec::blendv(net, Vec(nan_value<acc_t>()), nan);
+  // Omit mode: the lanes with a NaN take the scalar selection (their count of kept values varies).
+  __at_align__ acc_t lanes[kMaxNet * W];
+  __at_align__ acc_t res[W];
+  __at_align__ acc_t is_nan[W];
+  acc_t vals[kMaxNet], work[kMaxNet];
+  for (int64_t j = 0; j < k; ++j) v[j].store(lanes + j * W);
+  net.store(res);
+  nan.store(is_nan);
+  for (int64_t l = 0; l < W; ++l) {
+    if (!std::isnan(is_nan[l])) continue;  // all-ones bits: a NaN pattern
+    for (int64_t j = 0; j < k; ++j) vals[j] = lanes[j * W + l];
+    res[l] = median_scalar(vals, work, k, true);
+  }
+  return Vec::loadu(res);
+}
+
+// The median of K (3 to 5) input rows (kGroups: of the means of K groups of rows, group g
+// being rows [first[g], first[g + 1])), coordinate-wise, with all values in registers.
+template <typename scalar_t, int K, bool kGroups = false>
+struct RowsMedianStep {
   using acc_t = acc_type<scalar_t>;
+  using Vec = Vectorized<acc_t>;
   bool omit_nan;
-  ValueBlock<acc_t>& block;
+  const int64_t* first = nullptr;  // kGroups only
   bool stream = false;  // set by run_blocks
   static constexpr bool kStreamOut = true;
 
   template <bool kFull>
   C10_ALWAYS_INLINE void apply(const scalar_t* const* in, scalar_t* const* out, int64_t i, int64_t count) {
-    for (int64_t j = 0; j < 3; ++j) block.template set<3>(j, load_acc<scalar_t, kFull>(in[j] + i, count));
-    store_out<scalar_t, kFull>(out[0] + i, median<3>(block, omit_nan, count), count, stream);
+    Vec v[K];
+    if constexpr (kGroups) {
+      for (int g = 0; g < K; ++g) {
+        // Rows summed in order, then divided by the row count (the reference's rule).
+        const int64_t b = first[g], e = first[g + 1];
+        v[g] = load_acc<scalar_t, kFull>(in[b] + i, count);
+        for (int64_t r = b + 1; r < e; ++r) v[g] = v[g] + load_acc<scalar_t, kFull>(in[r] + i, count);
+        if (e - b > 1) v[g] = v[g] / Vec(static_cast<acc_t>(e - b));
+      }
+    } else {
+      for (int j = 0; j < K; ++j) v[j] = load_acc<scalar_t, kFull>(in[j] + i, count);
+    }
+    // A NaN (or an Inf minus an Inf) makes the sum NaN: one test for the whole block.
+    Vec sum = v[0];
+    for (int j = 1; j < K; ++j) sum = sum + v[j];
+    const bool may_nan = any_lane(sum.isnan());
+    Vec med;
+    if constexpr (K == 3) {
+      med = median3_net(v[0], v[1], v[2]);
+    } else {
+      Vec w[K];
+      for (int j = 0; j < K; ++j) w[j] = v[j];
+      sort_net(w, K);  // stable (see median())
+      med = (K % 2) ? w[K / 2] : (w[(K - 1) / 2] + w[K / 2]) * Vec(acc_t(0.5));
+    }
+    if (C10_UNLIKELY(may_nan)) med = median_nan_block<acc_t>(v, K, omit_nan, med);
+    store_out<scalar_t, kFull>(out[0] + i, med, count, stream);
   }
 };
+
+template <typename scalar_t>
+using Median3Step = RowsMedianStep<scalar_t, 3>;
 
 // K: k when fixed at compile time (small k: the values stay in registers), else 0.
 template <typename scalar_t, int K>
@@ -606,6 +671,17 @@ void median_of_means_tiled(const KernelArgs& a, scalar_t* out, const scalar_t* c
   const int64_t G = a.k;
   int64_t staged = 0;
   for (int64_t g = 0; g < G; ++g) staged += a.first[g + 1] - a.first[g] > 1;
+  const bool stream = streamed<scalar_t>(a, n);
+  // Up to 5 rows (6 streams with the output) in 3 to 5 groups: means and median in
+  // registers, in one pass.
+  if (staged > 0 && a.n_in <= 5 && G >= 3) {
+    auto run = [&](auto k_const) {
+      RowsMedianStep<scalar_t, decltype(k_const)::value, true> step{a.omit_nan, a.first};
+      run_contiguous<scalar_t>(rows, &out, n, stream, step);
+    };
+    if (G == 3) return run(std::integral_constant<int, 3>{});
+    return run(std::integral_constant<int, 4>{});  // G < m <= 5
+  }
   // Tiles of all staged groups fill about 384 KiB (L2); long tiles keep each pass reading
   // long runs of each row. Tiles 5 cache lines more than their size apart (no shared L1 sets).
   int64_t T = n;
@@ -619,7 +695,6 @@ void median_of_means_tiled(const KernelArgs& a, scalar_t* out, const scalar_t* c
   c10::SmallVector<const acc_t*, 16> vals(G);
   c10::SmallVector<int64_t, 17> ident(G + 1);  // the median sees G one-row "groups"
   for (int64_t g = 0; g <= G; ++g) ident[g] = g;
-  const bool stream = n * int64_t(sizeof(acc_t)) >= kStreamBytes;
   ValueBlock<acc_t> block(G);
   for (int64_t t0 = 0; t0 < n; t0 += T) {
     const int64_t len = std::min(T, n - t0);
@@ -635,9 +710,14 @@ void median_of_means_tiled(const KernelArgs& a, scalar_t* out, const scalar_t* c
       }
     }
     scalar_t* o = out + t0;
-    if (G == 3) {
-      Median3Step<scalar_t> step{a.omit_nan, block};
-      run_contiguous<scalar_t>(vals.data(), &o, len, stream, step);
+    if (G >= 3 && G <= 5) {
+      auto run = [&](auto k_const) {
+        RowsMedianStep<scalar_t, decltype(k_const)::value> step{a.omit_nan};
+        run_contiguous<scalar_t>(vals.data(), &o, len, stream, step);
+      };
+      if (G == 3) run(std::integral_constant<int, 3>{});
+      else if (G == 4) run(std::integral_constant<int, 4>{});
+      else run(std::integral_constant<int, 5>{});
     } else {
       MedianOfMeansStep<scalar_t, 0> step{ident.data(), a.omit_nan, block};
       run_contiguous<scalar_t>(vals.data(), &o, len, stream, step);
@@ -659,18 +739,17 @@ void run_median_of_means(const KernelArgs& a, char** data, const int64_t* stride
   ValueBlock<acc_type<scalar_t>> block(a.k);
   if (a.k == 3) {
     MedianOfMeansStep<scalar_t, 3> step{a.first, a.omit_nan, block};
-    run_blocks<scalar_t>(data, strides, n, a.n_out, a.n_in, step);
+    run_blocks<scalar_t>(a, data, strides, n, step);
   } else {
     MedianOfMeansStep<scalar_t, 0> step{a.first, a.omit_nan, block};
-    run_blocks<scalar_t>(data, strides, n, a.n_out, a.n_in, step);
+    run_blocks<scalar_t>(a, data, strides, n, step);
   }
 }
 
 template <typename scalar_t>
 void run_median3(const KernelArgs& a, char** data, const int64_t* strides, int64_t n) {
-  ValueBlock<acc_type<scalar_t>> block(3);
-  Median3Step<scalar_t> step{a.omit_nan, block};
-  run_blocks<scalar_t>(data, strides, n, a.n_out, a.n_in, step);
+  Median3Step<scalar_t> step{a.omit_nan};
+  run_blocks<scalar_t>(a, data, strides, n, step);
 }
 
 template <typename scalar_t>
@@ -678,7 +757,7 @@ void run_sorted_mean(const KernelArgs& a, char** data, const int64_t* strides, i
   ValueBlock<acc_type<scalar_t>> block(a.k);
   auto run = [&](auto k_const) {
     SortedMeanStep<scalar_t, decltype(k_const)::value> step{a.trim, a.winsorize, block};
-    run_blocks<scalar_t>(data, strides, n, a.n_out, a.n_in, step);
+    run_blocks<scalar_t>(a, data, strides, n, step);
   };
   switch (a.k) {
     case 3: return run(std::integral_constant<int, 3>{});
@@ -693,10 +772,10 @@ void run_running_median(const KernelArgs& a, char** data, const int64_t* strides
   ValueBlock<acc_type<scalar_t>> block(a.k);
   if (a.k == 3) {
     RunningMedianStep<scalar_t, 3> step{a.omit_nan, a.write_slot, block};
-    run_blocks<scalar_t>(data, strides, n, a.n_out, a.n_in, step);
+    run_blocks<scalar_t>(a, data, strides, n, step);
   } else {
     RunningMedianStep<scalar_t, 0> step{a.omit_nan, a.write_slot, block};
-    run_blocks<scalar_t>(data, strides, n, a.n_out, a.n_in, step);
+    run_blocks<scalar_t>(a, data, strides, n, step);
   }
 }
 
@@ -711,7 +790,7 @@ void run_ring_step(const KernelArgs& a, char** data, const int64_t* strides, int
                           static_cast<acc_t>(a.lr),
                           static_cast<acc_t>(a.weight_decay),
                           block};
-  run_blocks<scalar_t>(data, strides, n, a.n_out, a.n_in, step);
+  run_blocks<scalar_t>(a, data, strides, n, step);
 }
 
 #define CGH_ROW(fn) {&fn<float>, &fn<double>, &fn<c10::Half>, &fn<c10::BFloat16>}

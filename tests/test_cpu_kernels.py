@@ -119,11 +119,12 @@ def test_large_output_streamed_from_unaligned_start():
     assert_bitwise(out, torch.median(x, 0).values, "median3")
 
 
-@pytest.mark.parametrize("m,groups", [(9, 3), (5, 3), (11, 2), (13, 5), (4, 4)])
+@pytest.mark.parametrize("m,groups", [(9, 3), (5, 3), (4, 3), (5, 4), (11, 2), (13, 5), (4, 4)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_group_mean_tile_boundaries(m, groups, dtype):
     # tiles: contiguous float/double rows of multi-row groups are averaged into tiles of up
-    # to 32768 coordinates (at most 4 rows per pass); several tiles plus a partial one
+    # to 32768 coordinates (at most 4 rows per pass); several tiles plus a partial one.
+    # m <= 5 with 3 to 4 groups: group means in registers instead (fixed group sizes)
     n = 3 * 32768 + 13
     x = sprinkle(randn(m, n, dtype=dtype, seed=m), 0.001, seed=m)
     old = torch.get_num_threads()

@@ -481,27 +481,30 @@ C10_NOINLINE Vectorized<acc_t> median_nan_block(const Vectorized<acc_t>* v, int6
   return Vec::loadu(res);
 }
 
-// The median of K (3 to 5) input rows (kGroups: of the means of K groups of rows, group g
-// being rows [first[g], first[g + 1])), coordinate-wise, with all values in registers.
-template <typename scalar_t, int K, bool kGroups = false>
+// The median of K (3 to 5) input rows, coordinate-wise, with all values in registers; with
+// M > K, of the means of the K groups of M rows that tensor_split makes (the first M % K
+// groups one row longer; sizes fixed at compile time, so that the loops unroll: with
+// run-time group bounds this loop ran at a quarter of the speed).
+template <typename scalar_t, int K, int M = K>
 struct RowsMedianStep {
   using acc_t = acc_type<scalar_t>;
   using Vec = Vectorized<acc_t>;
   bool omit_nan;
-  const int64_t* first = nullptr;  // kGroups only
   bool stream = false;  // set by run_blocks
   static constexpr bool kStreamOut = true;
 
   template <bool kFull>
   C10_ALWAYS_INLINE void apply(const scalar_t* const* in, scalar_t* const* out, int64_t i, int64_t count) {
     Vec v[K];
-    if constexpr (kGroups) {
+    if constexpr (M > K) {
+      int r = 0;
       for (int g = 0; g < K; ++g) {
         // Rows summed in order, then divided by the row count (the reference's rule).
-        const int64_t b = first[g], e = first[g + 1];
-        v[g] = load_acc<scalar_t, kFull>(in[b] + i, count);
-        for (int64_t r = b + 1; r < e; ++r) v[g] = v[g] + load_acc<scalar_t, kFull>(in[r] + i, count);
-        if (e - b > 1) v[g] = v[g] / Vec(static_cast<acc_t>(e - b));
+        const int size = M / K + (g < M % K ? 1 : 0);
+        v[g] = load_acc<scalar_t, kFull>(in[r] + i, count);
+        for (int j = 1; j < size; ++j) v[g] = v[g] + load_acc<scalar_t, kFull>(in[r + j] + i, count);
+        if (size > 1) v[g] = v[g] / Vec(static_cast<acc_t>(size));
+        r += size;
       }
     } else {
       for (int j = 0; j < K; ++j) v[j] = load_acc<scalar_t, kFull>(in[j] + i, count);
@@ -675,12 +678,16 @@ void median_of_means_tiled(const KernelArgs& a, scalar_t* out, const scalar_t* c
   // Up to 5 rows (6 streams with the output) in 3 to 5 groups: means and median in
   // registers, in one pass.
   if (staged > 0 && a.n_in <= 5 && G >= 3) {
-    auto run = [&](auto k_const) {
-      RowsMedianStep<scalar_t, decltype(k_const)::value, true> step{a.omit_nan, a.first};
+    auto run = [&](auto k_const, auto m_const) {
+      RowsMedianStep<scalar_t, decltype(k_const)::value, decltype(m_const)::value> step{a.omit_nan};
       run_contiguous<scalar_t>(rows, &out, n, stream, step);
     };
-    if (G == 3) return run(std::integral_constant<int, 3>{});
-    return run(std::integral_constant<int, 4>{});  // G < m <= 5
+    using I3 = std::integral_constant<int, 3>;
+    using I4 = std::integral_constant<int, 4>;
+    using I5 = std::integral_constant<int, 5>;
+    if (G == 4) return run(I4{}, I5{});  // 3 <= G < m <= 5
+    if (a.n_in == 4) return run(I3{}, I4{});
+    return run(I3{}, I5{});
   }
   // Tiles of all staged groups fill about 384 KiB (L2); long tiles keep each pass reading
   // long runs of each row. Tiles 5 cache lines more than their size apart (no shared L1 sets).

@@ -137,6 +137,18 @@ def test_group_mean_tile_boundaries(m, groups, dtype):
         torch.set_num_threads(old)
 
 
+@pytest.mark.parametrize("k,trim", [(3, 0), (3, 1), (4, 0), (4, 1), (5, 0), (5, 1), (5, 2), (6, 2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_sorted_mean_register_paths(k, trim, dtype):
+    # k <= 5: every (k, trim) has its own register kernel; ties of +0/-0, NaN, +-Inf, tails
+    g = torch.Generator().manual_seed(k * 10 + trim)
+    v = torch.randint(-1, 2, (k, 333), generator=g).float()
+    zeros = torch.where((v == 0) & (torch.rand(k, 333, generator=g) < 0.5), torch.tensor(-0.0), v)
+    x = torch.cat([zeros, sprinkle(randn(k, 333, seed=k), 0.02, seed=trim)], 1).to(dtype)
+    assert_bitwise(ops.trimmed_mean(x, trim), reference.trimmed_mean(x, trim), f"trimmed k={k} trim={trim}")
+    assert_bitwise(ops.winsorized_mean(x, trim), reference.winsorized_mean(x, trim), f"winsorized k={k} trim={trim}")
+
+
 # ----------------------------------------------------------------------------- layouts
 def test_row_sliced_input_uses_rows_in_place():
     # fast path: each row contiguous, row stride larger than the row (x = big[:, :n])

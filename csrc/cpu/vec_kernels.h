@@ -530,8 +530,9 @@ struct RowsMedianStep {
 template <typename scalar_t>
 using Median3Step = RowsMedianStep<scalar_t, 3>;
 
-// K: k when fixed at compile time (small k: the values stay in registers), else 0.
-template <typename scalar_t, int K>
+// K, TR: k and trim when fixed at compile time (small k: the values stay in registers,
+// which takes constant indices), else K = 0.
+template <typename scalar_t, int K, int TR = 0>
 struct SortedMeanStep {
   using acc_t = acc_type<scalar_t>;
   using Vec = Vectorized<acc_t>;
@@ -549,12 +550,12 @@ struct SortedMeanStep {
       Vec nan = v[0].isnan();
       for (int j = 1; j < K; ++j) nan = nan | v[j].isnan();
       sort_net(v, K);
-      Vec total = v[trim];
+      Vec total = v[TR];
       if (!winsorize) {
-        for (int64_t j = trim + 1; j < K - trim; ++j) total = total + v[j];
-        total = total / Vec(static_cast<acc_t>(K - 2 * trim));
+        for (int j = TR + 1; j < K - TR; ++j) total = total + v[j];
+        total = total / Vec(static_cast<acc_t>(K - 2 * TR));
       } else {
-        for (int64_t p = 1; p < K; ++p) total = total + v[std::clamp<int64_t>(p, trim, K - 1 - trim)];
+        for (int p = 1; p < K; ++p) total = total + v[std::clamp(p, TR, K - 1 - TR)];
         total = total / Vec(static_cast<acc_t>(K));
       }
       if (any_lane(nan)) total = Vec::blendv(total, Vec(nan_value<acc_t>()), nan);
@@ -634,32 +635,53 @@ struct RingStep {
 };
 
 // ------------------------------------------------------------------ entry points
-// dst[0, len) <- the mean of the `size` rows rows[r][t0, t0 + len): added in order, then
-// divided by size (the reference's group mean). At most 4 rows per pass, accumulating in
-// dst (a cache-resident tile): rows of an [m, n] input are a large power of two apart, and
-// reading many of them at once makes their loads contend for the same L1 sets.
-template <typename acc_t>
-void group_mean_tile(const acc_t* const* rows, int64_t size, int64_t t0, int64_t len, acc_t* dst) {
+// One pass of group_mean_tile over C rows p[0..C) (kFirst: the group's first rows, else
+// added to dst; kLast: then divided by div). C fixed at compile time, so that the loop
+// unrolls and keeps the sum in a register.
+template <int C, bool kFirst, bool kLast, typename acc_t>
+void group_pass(const acc_t* const* p, int64_t len, acc_t* dst, acc_t div) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t W = Vec::size();
-  const Vec div(static_cast<acc_t>(size));
+  const Vec vdiv(div);
+  auto pass = [&](int64_t j, int64_t c, auto full) {
+    constexpr bool kFull = decltype(full)::value;
+    auto load = [&](const acc_t* q) { return kFull ? Vec::loadu(q) : Vec::loadu(q, c); };
+    Vec acc = kFirst ? load(p[0] + j) : load(dst + j);
+    for (int r = kFirst ? 1 : 0; r < C; ++r) acc = acc + load(p[r] + j);
+    if (kLast) acc = acc / vdiv;
+    if (kFull) acc.store(dst + j);
+    else acc.store(dst + j, static_cast<int>(c));
+  };
+  int64_t j = 0;
+  for (; j + W <= len; j += W) pass(j, W, std::true_type{});
+  if (j < len) pass(j, len - j, std::false_type{});
+}
+
+// dst[0, len) <- the mean of the `size` (>= 2) rows rows[r][t0, t0 + len): added in order,
+// then divided by size (the reference's group mean). At most 4 rows per pass,
+// accumulating in dst (a cache-resident tile): rows of an [m, n] input are a large power
+// of two apart, and reading many of them at once makes their loads contend for the same
+// L1 sets.
+template <typename acc_t>
+void group_mean_tile(const acc_t* const* rows, int64_t size, int64_t t0, int64_t len, acc_t* dst) {
+  const acc_t div = static_cast<acc_t>(size);
   for (int64_t i = 0; i < size;) {
     const bool first = i == 0;
     const int64_t cnt = std::min<int64_t>(first ? 4 : 3, size - i);
     const bool last = i + cnt == size;
     const acc_t* p[4];
     for (int64_t r = 0; r < cnt; ++r) p[r] = rows[i + r] + t0;
-    auto pass = [&](int64_t j, int64_t c, auto full) {
-      auto load = [&](const acc_t* q) { return decltype(full)::value ? Vec::loadu(q) : Vec::loadu(q, c); };
-      Vec acc = first ? load(p[0] + j) : load(dst + j);
-      for (int64_t r = first ? 1 : 0; r < cnt; ++r) acc = acc + load(p[r] + j);
-      if (last) acc = acc / div;
-      if (decltype(full)::value) acc.store(dst + j);
-      else acc.store(dst + j, static_cast<int>(c));
-    };
-    int64_t j = 0;
-    for (; j + W <= len; j += W) pass(j, W, std::true_type{});
-    if (j < len) pass(j, len - j, std::false_type{});
+    if (first) {
+      if (cnt == 4) last ? group_pass<4, true, true>(p, len, dst, div) : group_pass<4, true, false>(p, len, dst, div);
+      else if (cnt == 3) group_pass<3, true, true>(p, len, dst, div);
+      else group_pass<2, true, true>(p, len, dst, div);
+    } else if (last) {
+      if (cnt == 3) group_pass<3, false, true>(p, len, dst, div);
+      else if (cnt == 2) group_pass<2, false, true>(p, len, dst, div);
+      else group_pass<1, false, true>(p, len, dst, div);
+    } else {
+      group_pass<3, false, false>(p, len, dst, div);
+    }
     i += cnt;
   }
 }
@@ -762,16 +784,22 @@ void run_median3(const KernelArgs& a, char** data, const int64_t* strides, int64
 template <typename scalar_t>
 void run_sorted_mean(const KernelArgs& a, char** data, const int64_t* strides, int64_t n) {
   ValueBlock<acc_type<scalar_t>> block(a.k);
-  auto run = [&](auto k_const) {
-    SortedMeanStep<scalar_t, decltype(k_const)::value> step{a.trim, a.winsorize, block};
+  auto run = [&](auto k_const, auto trim_const) {
+    SortedMeanStep<scalar_t, decltype(k_const)::value, decltype(trim_const)::value> step{a.trim, a.winsorize,
+                                                                                           block};
     run_blocks<scalar_t>(a, data, strides, n, step);
   };
-  switch (a.k) {
-    case 3: return run(std::integral_constant<int, 3>{});
-    case 4: return run(std::integral_constant<int, 4>{});
-    case 5: return run(std::integral_constant<int, 5>{});
-    default: return run(std::integral_constant<int, 0>{});
+  using I0 = std::integral_constant<int, 0>;
+  using I1 = std::integral_constant<int, 1>;
+  using I2 = std::integral_constant<int, 2>;
+  const int64_t k = a.k, t = a.trim;
+  if (k == 3) return t == 0 ? run(std::integral_constant<int, 3>{}, I0{}) : run(std::integral_constant<int, 3>{}, I1{});
+  if (k == 4) return t == 0 ? run(std::integral_constant<int, 4>{}, I0{}) : run(std::integral_constant<int, 4>{}, I1{});
+  if (k == 5) {
+    using I5 = std::integral_constant<int, 5>;
+    return t == 0 ? run(I5{}, I0{}) : t == 1 ? run(I5{}, I1{}) : run(I5{}, I2{});
   }
+  run(I0{}, I0{});
 }
 
 template <typename scalar_t>

@@ -286,6 +286,27 @@ def test_ring_step_matches_reference(dtype, reduce, weight_decay):
         assert_bitwise(a, b, f"{reduce} wd={weight_decay}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("omit", [False, True])
+def test_register_medians_of_in_place_ops_with_nan(dtype, omit):
+    # k = 3 in registers (running median, ring step median): NaN/Inf blocks, both NaN modes
+    n = 5 * vec_width(dtype) + 3
+    g = sprinkle(randn(n, dtype=dtype, seed=4), 0.1, 4)
+    hist = [sprinkle(randn(n, dtype=dtype, seed=5 + j), 0.1, 5 + j) for j in range(2)]
+    g1, h1, g2, h2 = g.clone(), [h.clone() for h in hist], g.clone(), [h.clone() for h in hist]
+    ops.running_median_(g1, h1, 1, omit)
+    reference.running_median_(g2, h2, 1, omit)
+    for a, b in zip([g1] + h1, [g2] + h2):
+        assert_bitwise(a, b, f"running_median_ omit={omit}")
+    p = randn(n, dtype=dtype, seed=9)
+    for wd in (0.0, 0.01):
+        p1, p2, h1, h2 = p.clone(), p.clone(), [h.clone() for h in hist], [h.clone() for h in hist]
+        ops.ring_step_([p1], [g], h1, 0, 0.1, wd, "median", omit)
+        reference.ring_step_([p2], [g], h2, 0, 0.1, wd, "median", omit)
+        for a, b in zip([p1] + h1, [p2] + h2):
+            assert_bitwise(a, b, f"ring_step_ wd={wd} omit={omit}")
+
+
 def test_running_median_in_place_on_strided_grad():
     # aliasing: grad is both input and output, through the strided (gathered) path
     base = randn(4, 30, seed=7)

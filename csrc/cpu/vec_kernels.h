@@ -481,6 +481,27 @@ C10_NOINLINE Vectorized<acc_t> median_nan_block(const Vectorized<acc_t>* v, int6
   return Vec::loadu(res);
 }
 
+// The median of K (3 to 5) values per lane, all in registers (v is kept).
+template <int K, typename acc_t>
+C10_ALWAYS_INLINE Vectorized<acc_t> median_regs(const Vectorized<acc_t>* v, bool omit_nan) {
+  using Vec = Vectorized<acc_t>;
+  // A NaN (or an Inf minus an Inf) makes the sum NaN: one test for the whole block.
+  Vec sum = v[0];
+  for (int j = 1; j < K; ++j) sum = sum + v[j];
+  const bool may_nan = any_lane(sum.isnan());
+  Vec med;
+  if constexpr (K == 3) {
+    med = median3_net(v[0], v[1], v[2]);
+  } else {
+    Vec w[K];
+    for (int j = 0; j < K; ++j) w[j] = v[j];
+    sort_net(w, K);  // stable (see median())
+    med = (K % 2) ? w[K / 2] : (w[(K - 1) / 2] + w[K / 2]) * Vec(acc_t(0.5));
+  }
+  if (C10_UNLIKELY(may_nan)) med = median_nan_block<acc_t>(v, K, omit_nan, med);
+  return med;
+}
+
 // The median of K (3 to 5) input rows, coordinate-wise, with all values in registers; with
 // M > K, of the means of the K groups of M rows that tensor_split makes (the first M % K
 // groups one row longer; sizes fixed at compile time, so that the loops unroll: with
@@ -509,21 +530,7 @@ struct RowsMedianStep {
     } else {
       for (int j = 0; j < K; ++j) v[j] = load_acc<scalar_t, kFull>(in[j] + i, count);
     }
-    // A NaN (or an Inf minus an Inf) makes the sum NaN: one test for the whole block.
-    Vec sum = v[0];
-    for (int j = 1; j < K; ++j) sum = sum + v[j];
-    const bool may_nan = any_lane(sum.isnan());
-    Vec med;
-    if constexpr (K == 3) {
-      med = median3_net(v[0], v[1], v[2]);
-    } else {
-      Vec w[K];
-      for (int j = 0; j < K; ++j) w[j] = v[j];
-      sort_net(w, K);  // stable (see median())
-      med = (K % 2) ? w[K / 2] : (w[(K - 1) / 2] + w[K / 2]) * Vec(acc_t(0.5));
-    }
-    if (C10_UNLIKELY(may_nan)) med = median_nan_block<acc_t>(v, K, omit_nan, med);
-    store_out<scalar_t, kFull>(out[0] + i, med, count, stream);
+    store_out<scalar_t, kFull>(out[0] + i, median_regs<K>(v, omit_nan), count, stream);
   }
 };
 
@@ -578,9 +585,15 @@ struct RunningMedianStep {
 
   template <bool kFull>
   C10_ALWAYS_INLINE void apply(const scalar_t* const* in, scalar_t* const* out, int64_t i, int64_t count) {
-    const int64_t k = K ? K : block.k;
-    for (int64_t j = 0; j < k; ++j) block.template set<K>(j, load_acc<scalar_t, kFull>(in[j] + i, count));
-    const auto med = median<K>(block, omit_nan, count);
+    Vectorized<acc_t> med;
+    if constexpr (K > 0) {
+      Vectorized<acc_t> v[K];
+      for (int j = 0; j < K; ++j) v[j] = load_acc<scalar_t, kFull>(in[j] + i, count);
+      med = median_regs<K>(v, omit_nan);
+    } else {
+      for (int64_t j = 0; j < block.k; ++j) block.set(j, load_acc<scalar_t, kFull>(in[j] + i, count));
+      med = median<0>(block, omit_nan, count);
+    }
     // The raw gradient, bit for bit, before the gradient is overwritten.
     if (write_slot) copy_raw<scalar_t, kFull>(out[1] + i, in[0] + i, count);
     store_acc<scalar_t, kFull>(out[0] + i, med, count);
@@ -589,7 +602,7 @@ struct RunningMedianStep {
 
 // in: param, grad, then (reduce != None) history[0..R); out: param if reduce != None, then
 // history[slot] if write_slot.
-template <typename scalar_t>
+template <typename scalar_t, int K>  // K: R + 1 for a median reduction in registers (3), else 0
 struct RingStep {
   using acc_t = acc_type<scalar_t>;
   using Vec = Vectorized<acc_t>;
@@ -616,7 +629,12 @@ struct RingStep {
       if constexpr (!std::is_same_v<scalar_t, acc_t>) g = load_acc<scalar_t, kFull>(g_rounded, count);
     }
     Vec r;
-    if (reduce == RingReduce::Median) {
+    if constexpr (K > 0) {  // run_ring_step picks K > 0 for the median reduction only
+      Vec v[K];
+      v[0] = g;
+      for (int j = 1; j < K; ++j) v[j] = load_acc<scalar_t, kFull>(in[1 + j] + i, count);
+      r = median_regs<K>(v, omit_nan);
+    } else if (reduce == RingReduce::Median) {
       block.set(0, g);
       for (int64_t j = 1; j < block.k; ++j) block.set(j, load_acc<scalar_t, kFull>(in[1 + j] + i, count));
       r = median<0>(block, omit_nan, count);
@@ -818,14 +836,18 @@ template <typename scalar_t>
 void run_ring_step(const KernelArgs& a, char** data, const int64_t* strides, int64_t n) {
   using acc_t = acc_type<scalar_t>;
   ValueBlock<acc_t> block(a.k);
-  RingStep<scalar_t> step{a.reduce,
-                          a.omit_nan,
-                          a.write_slot,
-                          a.weight_decay != 0,
-                          static_cast<acc_t>(a.lr),
-                          static_cast<acc_t>(a.weight_decay),
-                          block};
-  run_blocks<scalar_t>(a, data, strides, n, step);
+  auto run = [&](auto k_const) {
+    RingStep<scalar_t, decltype(k_const)::value> step{a.reduce,
+                                                      a.omit_nan,
+                                                      a.write_slot,
+                                                      a.weight_decay != 0,
+                                                      static_cast<acc_t>(a.lr),
+                                                      static_cast<acc_t>(a.weight_decay),
+                                                      block};
+    run_blocks<scalar_t>(a, data, strides, n, step);
+  };
+  if (a.k == 3 && a.reduce == RingReduce::Median) return run(std::integral_constant<int, 3>{});
+  run(std::integral_constant<int, 0>{});
 }
 
 #define CGH_ROW(fn) {&fn<float>, &fn<double>, &fn<c10::Half>, &fn<c10::BFloat16>}

@@ -119,7 +119,7 @@ def test_large_output_streamed_from_unaligned_start():
     assert_bitwise(out, torch.median(x, 0).values, "median3")
 
 
-@pytest.mark.parametrize("m,groups", [(9, 3), (5, 3), (4, 3), (5, 4), (11, 2), (13, 5), (4, 4)])
+@pytest.mark.parametrize("m,groups", [(9, 3), (8, 3), (7, 3), (6, 3), (5, 3), (4, 3), (5, 4), (11, 2), (13, 5), (4, 4)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_group_mean_tile_boundaries(m, groups, dtype):
     # tiles: contiguous float/double rows of multi-row groups are averaged into tiles of up

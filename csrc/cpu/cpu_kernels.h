@@ -60,10 +60,6 @@ inline int64_t grain_for(int64_t n_operands) {
   return std::max<int64_t>(2048, (int64_t{1} << 17) / std::max<int64_t>(n_operands, 1));
 }
 
-// Coordinates per stripe of the parallel walk (for_each_run): long enough that a run's
-// fixed costs vanish, a multiple of the kernels' tiles.
-constexpr int64_t kStripe = int64_t{1} << 17;
-
 // Runs body(data, strides, n) over all coordinates of the same-shape operands `ops`
 // (n_out outputs first, then inputs), in parallel. An operand may appear both as an
 // output and as an input (in-place update): bodies read a coordinate's inputs before
@@ -82,21 +78,10 @@ void for_each_run(c10::ArrayRef<at::Tensor> ops, int64_t n_out, const Body& body
     c10::SmallVector<char*, 16> base(n_ops);
     for (int64_t j = 0; j < n_ops; ++j) base[j] = static_cast<char*>(ops[j].data_ptr());
     const c10::SmallVector<int64_t, 16> strides(n_ops, elem);
-    auto run = [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
       c10::SmallVector<char*, 16> data(n_ops);
       for (int64_t j = 0; j < n_ops; ++j) data[j] = base[j] + begin * elem;
       body(data.data(), strides.data(), end - begin);
-    };
-    // The threads take interleaved stripes, not one contiguous share each: shares n / T
-    // coordinates apart (a large power of two, typically) put the threads' streams on the
-    // same cache sets, and 2 threads then ran no faster than one.
-    const int64_t nt = at::get_num_threads();
-    if (nt <= 1 || n <= grain || at::in_parallel_region()) return run(0, n);
-    const int64_t stripe = std::max(grain, std::min(kStripe, (n + nt - 1) / nt));
-    const int64_t n_stripes = (n + stripe - 1) / stripe;
-    at::parallel_for(0, std::min(nt, n_stripes), 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t)
-        for (int64_t s = t; s < n_stripes; s += nt) run(s * stripe, std::min(n, (s + 1) * stripe));
     });
     return;
   }

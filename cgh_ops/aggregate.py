@@ -17,7 +17,7 @@ steps that produce a median; stores are one ``torch._foreach_copy_`` per (device
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -58,9 +58,10 @@ class _GradientRing:
         self.count = [0] * len(self.params)
         self.history: list[list[Tensor] | None] = [None] * len(self.params)
 
-    def _plan(self, done: int) -> tuple[int, bool]:
-        """(slot, produce a median?) for a parameter that has seen ``done`` gradients."""
-        raise NotImplementedError
+    # Each subclass defines the schedule:
+    #   def _plan(self, done: int) -> tuple[int, bool]
+    # returning (slot, produce a median?) for a parameter that has seen ``done`` gradients.
+    _plan: Callable[[int], tuple[int, bool]]
 
     @torch.no_grad()
     def step(self) -> bool:

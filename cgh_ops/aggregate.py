@@ -22,6 +22,7 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor
 
+from ._schedule import groups_of_k, running_window
 from .ops import foreach_running_median_
 
 __all__ = ["MedianOfMeans", "RunningMedian"]
@@ -58,10 +59,9 @@ class _GradientRing:
         self.count = [0] * len(self.params)
         self.history: list[list[Tensor] | None] = [None] * len(self.params)
 
-    # Each subclass defines the schedule:
-    #   def _plan(self, done: int) -> tuple[int, bool]
-    # returning (slot, produce a median?) for a parameter that has seen ``done`` gradients.
-    _plan: Callable[[int], tuple[int, bool]]
+    # (slot, produce a median?) for a parameter that has seen ``done`` gradients, out of
+    # ``_size``: cgh_ops._schedule.
+    _schedule: Callable[[int, int], tuple[int, bool]]
 
     @torch.no_grad()
     def step(self) -> bool:
@@ -77,7 +77,7 @@ class _GradientRing:
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
             if self.history[i] is None:
                 self.history[i] = [torch.zeros_like(g) for _ in range(R)]
-            slot, ready = self._plan(self.count[i])
+            slot, ready = self._schedule(self.count[i], self._size)
             self.count[i] += 1
             if ready:
                 grads, hist = medians.setdefault((g.device, g.dtype, slot), ([], []))
@@ -143,9 +143,7 @@ class MedianOfMeans(_GradientRing):
     def groups(self) -> int:
         return self._size
 
-    def _plan(self, done: int) -> tuple[int, bool]:
-        pos = done % self._size
-        return (-1, True) if pos == self._size - 1 else (pos, False)
+    _schedule = staticmethod(groups_of_k)
 
 
 class RunningMedian(_GradientRing):
@@ -168,7 +166,4 @@ class RunningMedian(_GradientRing):
     def window(self) -> int:
         return self._size
 
-    def _plan(self, done: int) -> tuple[int, bool]:
-        if self._size == 1:
-            return -1, True
-        return done % (self._size - 1), done >= self._size - 1
+    _schedule = staticmethod(running_window)

@@ -34,6 +34,7 @@ import torch
 from torch.optim import Optimizer
 
 import cgh_ops
+from cgh_ops._schedule import groups_of_k, running_window
 
 __all__ = ["M3", "RM3", "RA3"]
 
@@ -48,7 +49,7 @@ def _check_hyper(name: str, value, cls: str, *, minimum: float = 0.0, integer: b
 
 
 class _RingOptimizer(Optimizer):
-    """Shared machinery; subclasses set ``_reduce`` and ``_plan``."""
+    """Shared machinery; subclasses set ``_reduce`` and ``_schedule``."""
 
     _reduce: str  # "median" or "mean"
 
@@ -68,10 +69,8 @@ class _RingOptimizer(Optimizer):
         super().add_param_group(param_group)
 
     # -- schedule ----------------------------------------------------------------
-    # Each subclass defines the schedule:
-    #   def _plan(self, done: int, k: int) -> tuple[int, str]
-    # returning (slot, reduce) for a parameter that has already taken ``done`` steps.
-    _plan: Callable[[int, int], tuple[int, str]]
+    # (slot, ready) for a parameter that has already taken ``done`` steps: cgh_ops._schedule.
+    _schedule: Callable[[int, int], tuple[int, bool]]
 
     # -- step ----------------------------------------------------------------------
     @torch.no_grad()
@@ -102,7 +101,8 @@ class _RingOptimizer(Optimizer):
                         f"{len(state['history'])} history buffers (k - 1 expected); k cannot change "
                         "once training has started"
                     )
-                slot, reduce = self._plan(state["step"], k)
+                slot, ready = self._schedule(state["step"], k)
+                reduce = self._reduce if ready else "none"
                 key = (p.device, p.dtype, float(lr), float(wd), k, slot, reduce)
                 params, grads, history = calls.setdefault(key, ([], [], []))
                 params.append(p)
@@ -133,10 +133,7 @@ class M3(_RingOptimizer):
     """
 
     _reduce = "median"
-
-    def _plan(self, done: int, k: int) -> tuple[int, str]:
-        pos = done % k
-        return (-1, self._reduce) if pos == k - 1 else (pos, "none")
+    _schedule = staticmethod(groups_of_k)
 
 
 class RM3(_RingOptimizer):
@@ -148,12 +145,7 @@ class RM3(_RingOptimizer):
     """
 
     _reduce = "median"
-
-    def _plan(self, done: int, k: int) -> tuple[int, str]:
-        if k == 1:
-            return -1, self._reduce
-        slot = done % (k - 1)  # the oldest slot once the ring is full
-        return slot, ("none" if done < k - 1 else self._reduce)
+    _schedule = staticmethod(running_window)
 
 
 class RA3(RM3):

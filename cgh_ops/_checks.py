@@ -93,13 +93,15 @@ def history_size(grads: Sequence[Tensor], history: Sequence[Tensor], op: str) ->
     return len(history) // n
 
 
-def check_history(grads: Sequence[Tensor], history: Sequence[Tensor], slot: int, op: str, grads_arg: str) -> int:
+def check_history(
+    grads: Sequence[Tensor], history: Sequence[Tensor], slot: int, op: str, grads_arg: str, indexed: bool = True
+) -> int:
+    """``indexed``: ``grads_arg`` names a list (errors say ``grads[i]``), else the one tensor."""
     R = history_size(grads, history, op)
     if grads and not -1 <= slot < R:
         _fail(op, f"argument 'slot' must be -1 (no write) or in [0, {R}), got {slot}")
     for i, g in enumerate(grads):
-        # running_median_ takes one tensor named 'grad'; the list ops index theirs.
-        g_arg = grads_arg if grads_arg == "grad" else f"{grads_arg}[{i}]"
+        g_arg = f"{grads_arg}[{i}]" if indexed else grads_arg
         check_float(g, g_arg, op)
         for j in range(R):
             check_like(history[i * R + j], f"history[{i * R + j}]", g, g_arg, op)
@@ -107,7 +109,9 @@ def check_history(grads: Sequence[Tensor], history: Sequence[Tensor], slot: int,
 
 
 def check_running_median(grads, history, slot: int, op: str) -> int:
-    return check_history(grads, history, slot, op, "grads" if op.startswith("foreach") else "grad")
+    # running_median_ takes one tensor named 'grad'; the foreach op a list named 'grads'.
+    single = op == "running_median_"
+    return check_history(grads, history, slot, op, "grad" if single else "grads", indexed=not single)
 
 
 def check_ring_step(params, grads, history, slot: int, reduce: str) -> int:

@@ -179,15 +179,14 @@ inline int64_t history_size(at::TensorList grads, at::TensorList history, const 
 
 // The history layout, the slot, and that every history[i * R + j] is like grads[i];
 // returns R.
+// indexed: grads_arg names a list (errors say grads[i]); false: the op's one tensor.
 inline int64_t check_history(at::TensorList grads, at::TensorList history, int64_t slot, const char* op,
-                             const char* grads_arg) {
+                             const char* grads_arg, bool indexed = true) {
   const int64_t R = history_size(grads, history, op);
   TORCH_CHECK_VALUE(grads.empty() || (slot >= -1 && slot < R), "cgh.", op,
                     ": argument 'slot' must be -1 (no write) or in [0, ", R, "), got ", slot);
   for (size_t i = 0; i < grads.size(); ++i) {
-    // running_median_ takes one tensor named 'grad'; the list ops index theirs.
-    const bool single = std::string(grads_arg) == "grad";
-    const std::string g_arg = single ? std::string(grads_arg) : detail::indexed(grads_arg, i);
+    const std::string g_arg = indexed ? detail::indexed(grads_arg, i) : std::string(grads_arg);
     check_float(grads[i], g_arg.c_str(), op);
     for (int64_t j = 0; j < R; ++j) {
       const int64_t k = static_cast<int64_t>(i) * R + j;

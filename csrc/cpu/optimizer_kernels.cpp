@@ -33,7 +33,7 @@ void running_median_one(const at::Tensor& grad, at::TensorList mine, int64_t slo
 }
 
 void running_median_(const at::Tensor& grad, at::TensorList history, int64_t slot, bool omit_nan) {
-  const int64_t R = check_history(at::TensorList(grad), history, slot, "running_median_", "grad");
+  const int64_t R = check_history(at::TensorList(grad), history, slot, "running_median_", "grad", /*indexed=*/false);
   running_median_one(grad, history.slice(0, R), slot, omit_nan);
 }
 

@@ -305,7 +305,7 @@ void median3_out(const Tensor& a, const Tensor& b, const Tensor& c, bool omit_na
 }
 
 void running_median_(const Tensor& grad, at::TensorList history, int64_t slot, bool omit_nan) {
-  const int64_t R = check_history({grad}, history, slot, "running_median_", "grad");
+  const int64_t R = check_history({grad}, history, slot, "running_median_", "grad", /*indexed=*/false);
   ring_dispatch({grad}, {grad}, history.vec(), R, kStoreMedian, slot, 0.0, 0.0, omit_nan);
 }
 

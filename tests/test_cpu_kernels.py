@@ -7,7 +7,9 @@ implementation can go wrong that a black-box matrix (test_ops.py) may not hit.
 * the layouts: contiguous rows with an arbitrary row stride (raw pointers), and any other
   layout (TensorIterator, strided blocks gathered and scattered);
 * the omit-mode fallback of a block that holds a NaN (scalar selection per coordinate);
-* every k path: networks for 3 and 5, a sorting network up to 16, scalar beyond;
+* every k path: compile-time register kernels for k = 2..9 (the shorter, unstable k = 9
+  networks with their stable redo of blocks with a zero result), a run-time sorting
+  network up to 16, scalar beyond;
 * bitwise equality with cgh_ops.reference, which the kernels reproduce operation by
   operation (accumulation dtype, order of the sums, (lo + hi) * 0.5, rounding).
 
@@ -119,12 +121,15 @@ def test_large_output_streamed_from_unaligned_start():
     assert_bitwise(out, torch.median(x, 0).values, "median3")
 
 
-@pytest.mark.parametrize("m,groups", [(9, 3), (8, 3), (7, 3), (6, 3), (5, 3), (4, 3), (5, 4), (11, 2), (13, 5), (4, 4)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "m,groups", [(9, 3), (8, 3), (7, 3), (6, 3), (5, 3), (4, 3), (5, 4), (9, 5), (11, 2), (13, 5), (12, 4), (4, 4)]
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_group_mean_tile_boundaries(m, groups, dtype):
-    # tiles: contiguous float/double rows of multi-row groups are averaged into tiles of up
-    # to 32768 coordinates (at most 4 rows per pass); several tiles plus a partial one.
-    # m <= 5 with 3 to 4 groups: group means in registers instead (fixed group sizes)
+    # m <= 9 rows in 3 to 5 groups (or m == groups): group means and median in registers,
+    # with compile-time group sizes, for every dtype and layout. Otherwise (11/2, 13/5,
+    # 12/4) contiguous float/double rows are averaged into tiles of up to 32768 coordinates
+    # (at most 4 rows per pass): several tiles plus a partial one.
     n = 3 * 32768 + 13
     x = sprinkle(randn(m, n, dtype=dtype, seed=m), 0.001, seed=m)
     old = torch.get_num_threads()
@@ -137,10 +142,14 @@ def test_group_mean_tile_boundaries(m, groups, dtype):
         torch.set_num_threads(old)
 
 
-@pytest.mark.parametrize("k,trim", [(3, 0), (3, 1), (4, 0), (4, 1), (5, 0), (5, 1), (5, 2), (6, 2)])
+@pytest.mark.parametrize(
+    "k,trim", [(2, 0), (3, 0), (3, 1), (4, 1), (5, 0), (5, 2), (6, 2), (7, 3), (8, 1), (9, 0), (9, 2), (9, 4), (10, 3)]
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_sorted_mean_register_paths(k, trim, dtype):
-    # k <= 5: every (k, trim) has its own register kernel; ties of +0/-0, NaN, +-Inf, tails
+    # k <= 9: a register kernel per k with a run-time trim (k = 9: the unstable 25-exchange
+    # sort, redone stably where the result is a zero); k = 10: the run-time network.
+    # Ties of +0/-0 (the zero a stable sort keeps), NaN, +-Inf, tails.
     g = torch.Generator().manual_seed(k * 10 + trim)
     v = torch.randint(-1, 2, (k, 333), generator=g).float()
     zeros = torch.where((v == 0) & (torch.rand(k, 333, generator=g) < 0.5), torch.tensor(-0.0), v)
@@ -256,9 +265,10 @@ def test_group_means_are_summed_in_order_then_divided():
 
 # ----------------------------------------------------------------------------- in-place ops
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("R,slot", [(0, -1), (2, 0), (2, 1), (2, -1), (3, 2), (17, 5)])
+@pytest.mark.parametrize("R,slot", [(0, -1), (2, 0), (2, 1), (2, -1), (3, 2), (4, 3), (8, 7), (9, 0), (17, 5)])
 def test_running_median_matches_reference(dtype, R, slot):
-    # R: k = R + 1 = 3 (the specialised network), even k, scalar k > 16; slot -1: no write
+    # R: k = R + 1 = 3, 5, 9 (register kernels), 4 (even), 10 (run-time network), 18
+    # (scalar k > 16); slot -1: no write
     n = 2 * vec_width(dtype) + 3
     grads = [sprinkle(randn(n, dtype=dtype, seed=1), 0.05, 1), randn(3, 5, dtype=dtype, seed=2)]
     history = [randn(*g.shape, dtype=dtype, seed=10 + j) for g in grads for j in range(R)]
@@ -305,6 +315,36 @@ def test_register_medians_of_in_place_ops_with_nan(dtype, omit):
         reference.ring_step_([p2], [g], h2, 0, 0.1, wd, "median", omit)
         for a, b in zip([p1] + h1, [p2] + h2):
             assert_bitwise(a, b, f"ring_step_ wd={wd} omit={omit}")
+
+
+def _signed_zero_ties(k: int, n: int, seed: int) -> torch.Tensor:
+    """[k, n] values from {-1, -0.0, +0.0, 1}: ties everywhere, zeros of both signs."""
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randint(-1, 2, (k, n), generator=g).float()
+    return torch.where((v == 0) & (torch.rand(k, n, generator=g) < 0.5), torch.tensor(-0.0), v)
+
+
+@pytest.mark.parametrize("k", [3, 5, 8, 9])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_in_place_medians_pick_the_stable_zero(k, dtype):
+    # running_median_ and ring_step_ on every register k: the zero (+0/-0) a stable sort of
+    # (grad, history[0], ...) puts in the middle, as the reference; the first half of the
+    # coordinates ties, the second half random values (the fast k = 9 network's path)
+    n = 6 * vec_width(dtype) + 5
+    vals = torch.cat([_signed_zero_ties(k, n, seed=k), randn(k, n, seed=k)], 1).to(dtype)
+    g1, g2 = vals[0].clone(), vals[0].clone()
+    h1, h2 = [v.clone() for v in vals[1:]], [v.clone() for v in vals[1:]]
+    ops.running_median_(g1, h1, k - 2, False)
+    reference.running_median_(g2, h2, k - 2, False)
+    for a, b in zip([g1] + h1, [g2] + h2):
+        assert_bitwise(a, b, f"running_median_ k={k}")
+    p1 = randn(2 * n, dtype=dtype, seed=1)
+    p2 = p1.clone()
+    h1, h2 = [v.clone() for v in vals[1:]], [v.clone() for v in vals[1:]]
+    ops.ring_step_([p1], [vals[0]], h1, 0, 0.5, 0.0, "median", False)
+    reference.ring_step_([p2], [vals[0]], h2, 0, 0.5, 0.0, "median", False)
+    for a, b in zip([p1] + h1, [p2] + h2):
+        assert_bitwise(a, b, f"ring_step_ k={k}")
 
 
 def test_running_median_in_place_on_strided_grad():

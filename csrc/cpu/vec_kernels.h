@@ -59,6 +59,23 @@ using acc_type = at::opmath_type<scalar_t>;
 // scalar per coordinate (a network's cost grows as k^2, nth_element's as k).
 constexpr int kMaxNet = 16;
 
+// Values per coordinate up to which the hot kernels hold them in named registers with a
+// compile-time count (loops over them unroll; a run-time count keeps them in memory and
+// ran at a quarter of the speed). Covers the k = 3, 5, 9 of the benchmarks.
+constexpr int kMaxRegs = 9;
+
+// Calls f(std::integral_constant<int, K>{}) with K = k when kLo <= k <= kHi, else
+// f(std::integral_constant<int, 0>{}) (the run-time-k path).
+template <int kLo, int kHi, typename F>
+C10_ALWAYS_INLINE void with_static_k(int64_t k, const F& f) {
+  if constexpr (kLo > kHi) {
+    f(std::integral_constant<int, 0>{});
+  } else {
+    if (k == kLo) f(std::integral_constant<int, kLo>{});
+    else with_static_k<kLo + 1, kHi>(k, f);
+  }
+}
+
 // ------------------------------------------------------------------ loads and stores
 // Loads `count` (<= W) values at p into the accumulation type; lanes past count are 0.
 template <typename scalar_t, bool kFull>
@@ -173,6 +190,45 @@ template <typename V>
 C10_ALWAYS_INLINE void sort_net(V* v, int k) {
   for (int round = 0; round < k; ++round)
     for (int j = round & 1; j + 1 < k; j += 2) cswap(v[j], v[j + 1]);
+}
+
+// Shorter networks than sort_net's for K = 9 (checked on all 2^9 0/1 inputs, which by the
+// 0-1 principle proves them): a full sort in 25 exchanges (Floyd) and the median in 19
+// (Paeth), against 36 for odd-even transposition; at k = 9 the kernels were compute-bound.
+// They are not stable: among equal values a -0 may pass a +0. That can change a result
+// only where the result is a zero (x + 0 == x - 0 for x != 0, and a nonzero median or
+// sum does not depend on which zero sits where), so the callers use them first and redo
+// a block whose result has a zero lane with the stable sort_net.
+template <int K>
+constexpr bool kHasFastNet = K == 9;
+
+template <typename V>
+C10_ALWAYS_INLINE void sort9_fast(V* v) {
+  cswap(v[0], v[3]); cswap(v[1], v[7]); cswap(v[2], v[5]); cswap(v[4], v[8]);
+  cswap(v[0], v[7]); cswap(v[2], v[4]); cswap(v[3], v[8]); cswap(v[5], v[6]);
+  cswap(v[0], v[2]); cswap(v[1], v[3]); cswap(v[4], v[5]); cswap(v[7], v[8]);
+  cswap(v[1], v[4]); cswap(v[3], v[6]); cswap(v[5], v[7]);
+  cswap(v[0], v[1]); cswap(v[2], v[4]); cswap(v[3], v[5]); cswap(v[6], v[8]);
+  cswap(v[2], v[3]); cswap(v[4], v[5]); cswap(v[6], v[7]);
+  cswap(v[1], v[2]); cswap(v[3], v[4]); cswap(v[5], v[6]);
+}
+
+// The median of v[0..9) (v is clobbered; only the exchanges that reach v[4] are kept).
+template <typename V>
+C10_ALWAYS_INLINE V median9_fast(V* v) {
+  cswap(v[1], v[2]); cswap(v[4], v[5]); cswap(v[7], v[8]);
+  cswap(v[0], v[1]); cswap(v[3], v[4]); cswap(v[6], v[7]);
+  cswap(v[1], v[2]); cswap(v[4], v[5]); cswap(v[7], v[8]);
+  cswap(v[0], v[3]); cswap(v[5], v[8]); cswap(v[4], v[7]);
+  cswap(v[3], v[6]); cswap(v[1], v[4]); cswap(v[2], v[5]);
+  cswap(v[4], v[7]); cswap(v[4], v[2]); cswap(v[6], v[4]);
+  cswap(v[4], v[2]);
+  return v[4];
+}
+
+template <typename V>
+C10_ALWAYS_INLINE bool any_zero_lane(const V& x) {
+  return (x == V(0)).zero_mask() != (1 << V::size()) - 1;
 }
 
 // ------------------------------------------------------------------ scalar selection
@@ -429,8 +485,9 @@ void run_blocks(const KernelArgs& a, char** data, const int64_t* strides, int64_
 }
 
 // ------------------------------------------------------------------ per-op steps
-// K: the number of groups when fixed at compile time (3, the hot case), else 0.
-template <typename scalar_t, int K>
+// Group bounds known at run time only (the general case; see RowsMedianStep for the
+// compiled counts).
+template <typename scalar_t>
 struct MedianOfMeansStep {
   using acc_t = acc_type<scalar_t>;
   using Vec = Vectorized<acc_t>;
@@ -442,16 +499,15 @@ struct MedianOfMeansStep {
 
   template <bool kFull>
   C10_ALWAYS_INLINE void apply(const scalar_t* const* in, scalar_t* const* out, int64_t i, int64_t count) {
-    const int64_t k = K ? K : block.k;
-    for (int64_t g = 0; g < k; ++g) {
+    for (int64_t g = 0; g < block.k; ++g) {
       // Rows summed in order, then divided by the row count (the reference's rule).
       Vec sum = load_acc<scalar_t, kFull>(in[first[g]] + i, count);
       for (int64_t r = first[g] + 1; r < first[g + 1]; ++r) sum = sum + load_acc<scalar_t, kFull>(in[r] + i, count);
       const int64_t rows = first[g + 1] - first[g];
       // x / 1 == x exactly: a one-row group skips the division.
-      block.template set<K>(g, rows == 1 ? sum : sum / Vec(static_cast<acc_t>(rows)));
+      block.set(g, rows == 1 ? sum : sum / Vec(static_cast<acc_t>(rows)));
     }
-    store_out<scalar_t, kFull>(out[0] + i, median<K>(block, omit_nan, count), count, stream);
+    store_out<scalar_t, kFull>(out[0] + i, median<0>(block, omit_nan, count), count, stream);
   }
 };
 
@@ -481,7 +537,9 @@ C10_NOINLINE Vectorized<acc_t> median_nan_block(const Vectorized<acc_t>* v, int6
   return Vec::loadu(res);
 }
 
-// The median of K (3 to 5) values per lane, all in registers (v is kept).
+// The median of K (3 to kMaxRegs) values per lane, all in registers (v is kept). Only the
+// middle outputs of the sorting network are used: the compiler drops the exchanges that
+// cannot reach them.
 template <int K, typename acc_t>
 C10_ALWAYS_INLINE Vectorized<acc_t> median_regs(const Vectorized<acc_t>* v, bool omit_nan) {
   using Vec = Vectorized<acc_t>;
@@ -490,10 +548,15 @@ C10_ALWAYS_INLINE Vectorized<acc_t> median_regs(const Vectorized<acc_t>* v, bool
   for (int j = 1; j < K; ++j) sum = sum + v[j];
   const bool may_nan = any_lane(sum.isnan());
   Vec med;
+  Vec w[K];
+  for (int j = 0; j < K; ++j) w[j] = v[j];
   if constexpr (K == 3) {
     med = median3_net(v[0], v[1], v[2]);
-  } else {
-    Vec w[K];
+  } else if constexpr (kHasFastNet<K>) {
+    static_assert(K == 9);
+    med = median9_fast(w);
+  }
+  if (K != 3 && (!kHasFastNet<K> || C10_UNLIKELY(any_zero_lane(med)))) {
     for (int j = 0; j < K; ++j) w[j] = v[j];
     sort_net(w, K);  // stable (see median())
     med = (K % 2) ? w[K / 2] : (w[(K - 1) / 2] + w[K / 2]) * Vec(acc_t(0.5));
@@ -502,8 +565,8 @@ C10_ALWAYS_INLINE Vectorized<acc_t> median_regs(const Vectorized<acc_t>* v, bool
   return med;
 }
 
-// The median of K (3 to 5) input rows, coordinate-wise, with all values in registers; with
-// M > K, of the means of the K groups of M rows that tensor_split makes (the first M % K
+// The median of K (3 to kMaxRegs) input rows, coordinate-wise, with all values in
+// registers; with M > K (M <= kMaxRegs), of the means of the K groups of M rows that tensor_split makes (the first M % K
 // groups one row longer; sizes fixed at compile time, so that the loops unroll: with
 // run-time group bounds this loop ran at a quarter of the speed).
 template <typename scalar_t, int K, int M = K>
@@ -537,9 +600,10 @@ struct RowsMedianStep {
 template <typename scalar_t>
 using Median3Step = RowsMedianStep<scalar_t, 3>;
 
-// K, TR: k and trim when fixed at compile time (small k: the values stay in registers,
-// which takes constant indices), else K = 0.
-template <typename scalar_t, int K, int TR = 0>
+// K: k when fixed at compile time (2 to kMaxRegs: the values stay in registers, which
+// takes constant indices), else 0. trim stays a run-time value: the loops below run over
+// constant indices and test it, so the sorted values keep their registers.
+template <typename scalar_t, int K>
 struct SortedMeanStep {
   using acc_t = acc_type<scalar_t>;
   using Vec = Vectorized<acc_t>;
@@ -549,6 +613,26 @@ struct SortedMeanStep {
   bool stream = false;  // set by run_blocks
   static constexpr bool kStreamOut = true;
 
+  // The trimmed / winsorized mean of the sorted v[0..K): the kept values v[trim..K-trim)
+  // summed in ascending order (the reference's order), each of the outer ones replaced by
+  // its nearest kept one when winsorizing; then divided by the count.
+  C10_ALWAYS_INLINE Vec mean_of_sorted(const Vec* v) const {
+    const int64_t lo = trim, hi = K - 1 - trim;
+    Vec v_lo = v[0], v_hi = v[K - 1];
+    for (int j = 0; j < K; ++j) {
+      if (j == lo) v_lo = v[j];
+      if (j == hi) v_hi = v[j];
+    }
+    Vec total = v_lo;
+    if (!winsorize) {
+      for (int j = 0; j < K; ++j)
+        if (j > lo && j <= hi) total = total + v[j];
+      return total / Vec(static_cast<acc_t>(K - 2 * trim));
+    }
+    for (int p = 1; p < K; ++p) total = total + (p < lo ? v_lo : p > hi ? v_hi : v[p]);
+    return total / Vec(static_cast<acc_t>(K));
+  }
+
   template <bool kFull>
   C10_ALWAYS_INLINE void apply(const scalar_t* const* in, scalar_t* const* out, int64_t i, int64_t count) {
     if constexpr (K > 0) {
@@ -556,14 +640,16 @@ struct SortedMeanStep {
       for (int j = 0; j < K; ++j) v[j] = load_acc<scalar_t, kFull>(in[j] + i, count);
       Vec nan = v[0].isnan();
       for (int j = 1; j < K; ++j) nan = nan | v[j].isnan();
-      sort_net(v, K);
-      Vec total = v[TR];
-      if (!winsorize) {
-        for (int j = TR + 1; j < K - TR; ++j) total = total + v[j];
-        total = total / Vec(static_cast<acc_t>(K - 2 * TR));
-      } else {
-        for (int p = 1; p < K; ++p) total = total + v[std::clamp(p, TR, K - 1 - TR)];
-        total = total / Vec(static_cast<acc_t>(K));
+      Vec total;
+      if constexpr (kHasFastNet<K>) {
+        static_assert(K == 9);
+        sort9_fast(v);
+        total = mean_of_sorted(v);
+      }
+      if (!kHasFastNet<K> || C10_UNLIKELY(any_zero_lane(total))) {
+        for (int j = 0; j < K; ++j) v[j] = load_acc<scalar_t, kFull>(in[j] + i, count);
+        sort_net(v, K);  // stable: the zero a stable sort keeps (see the fast networks)
+        total = mean_of_sorted(v);
       }
       if (any_lane(nan)) total = Vec::blendv(total, Vec(nan_value<acc_t>()), nan);
       store_out<scalar_t, kFull>(out[0] + i, total, count, stream);
@@ -575,7 +661,7 @@ struct SortedMeanStep {
 };
 
 // in: grad, history[0..R); out: grad, then history[slot] if write_slot.
-template <typename scalar_t, int K>  // K: R + 1 when fixed at compile time (3), else 0
+template <typename scalar_t, int K>  // K: R + 1 when fixed at compile time (2 to kMaxRegs), else 0
 struct RunningMedianStep {
   using acc_t = acc_type<scalar_t>;
   bool omit_nan;
@@ -602,7 +688,7 @@ struct RunningMedianStep {
 
 // in: param, grad, then (reduce != None) history[0..R); out: param if reduce != None, then
 // history[slot] if write_slot.
-template <typename scalar_t, int K>  // K: R + 1 for a median reduction in registers (3), else 0
+template <typename scalar_t, int K>  // K: R + 1 for a median reduction in registers (2 to kMaxRegs), else 0
 struct RingStep {
   using acc_t = acc_type<scalar_t>;
   using Vec = Vectorized<acc_t>;
@@ -715,20 +801,6 @@ void median_of_means_tiled(const KernelArgs& a, scalar_t* out, const scalar_t* c
   int64_t staged = 0;
   for (int64_t g = 0; g < G; ++g) staged += a.first[g + 1] - a.first[g] > 1;
   const bool stream = streamed<scalar_t>(a, n);
-  // Up to 5 rows (6 streams with the output) in 3 to 5 groups: means and median in
-  // registers, in one pass.
-  if (staged > 0 && a.n_in <= 5 && G >= 3) {
-    auto run = [&](auto k_const, auto m_const) {
-      RowsMedianStep<scalar_t, decltype(k_const)::value, decltype(m_const)::value> step{a.omit_nan};
-      run_contiguous<scalar_t>(rows, &out, n, stream, step);
-    };
-    using I3 = std::integral_constant<int, 3>;
-    using I4 = std::integral_constant<int, 4>;
-    using I5 = std::integral_constant<int, 5>;
-    if (G == 4) return run(I4{}, I5{});  // 3 <= G < m <= 5
-    if (a.n_in == 4) return run(I3{}, I4{});
-    return run(I3{}, I5{});
-  }
   // Tiles of all staged groups fill about 384 KiB (L2); long tiles keep each pass reading
   // long runs of each row. Tiles 5 cache lines more than their size apart (no shared L1 sets).
   int64_t T = n;
@@ -757,23 +829,47 @@ void median_of_means_tiled(const KernelArgs& a, scalar_t* out, const scalar_t* c
       }
     }
     scalar_t* o = out + t0;
-    if (G >= 3 && G <= 5) {
-      auto run = [&](auto k_const) {
-        RowsMedianStep<scalar_t, decltype(k_const)::value> step{a.omit_nan};
+    with_static_k<3, kMaxRegs>(G, [&](auto k_const) {
+      constexpr int K = decltype(k_const)::value;
+      if constexpr (K > 0) {
+        RowsMedianStep<scalar_t, K> step{a.omit_nan};
         run_contiguous<scalar_t>(vals.data(), &o, len, stream, step);
-      };
-      if (G == 3) run(std::integral_constant<int, 3>{});
-      else if (G == 4) run(std::integral_constant<int, 4>{});
-      else run(std::integral_constant<int, 5>{});
-    } else {
-      MedianOfMeansStep<scalar_t, 0> step{ident.data(), a.omit_nan, block};
-      run_contiguous<scalar_t>(vals.data(), &o, len, stream, step);
-    }
+      } else {
+        MedianOfMeansStep<scalar_t> step{ident.data(), a.omit_nan, block};
+        run_contiguous<scalar_t>(vals.data(), &o, len, stream, step);
+      }
+    });
   }
+}
+
+// The median of means with every value in registers (RowsMedianStep), for the group and
+// row counts it is compiled for: G = M one-row groups (a plain median of G rows), or 3 to 5
+// groups of up to kMaxRegs rows in all. False for other counts.
+template <typename scalar_t>
+bool run_median_of_means_in_registers(const KernelArgs& a, char** data, const int64_t* strides, int64_t n) {
+  const int64_t G = a.k, M = a.n_in;
+  bool done = false;
+  auto run = [&](auto g_const, auto m_const) {
+    constexpr int kG = decltype(g_const)::value, kM = decltype(m_const)::value;
+    if constexpr (kG > 0 && kM > 0) {
+      RowsMedianStep<scalar_t, kG, kM> step{a.omit_nan};
+      run_blocks<scalar_t>(a, data, strides, n, step);
+      done = true;
+    }
+  };
+  using I3 = std::integral_constant<int, 3>;
+  using I4 = std::integral_constant<int, 4>;
+  using I5 = std::integral_constant<int, 5>;
+  if (G == M) with_static_k<3, kMaxRegs>(G, [&](auto g) { run(g, g); });
+  else if (G == 3) with_static_k<4, kMaxRegs>(M, [&](auto m) { run(I3{}, m); });
+  else if (G == 4) with_static_k<5, kMaxRegs>(M, [&](auto m) { run(I4{}, m); });
+  else if (G == 5) with_static_k<6, kMaxRegs>(M, [&](auto m) { run(I5{}, m); });
+  return done;
 }
 
 template <typename scalar_t>
 void run_median_of_means(const KernelArgs& a, char** data, const int64_t* strides, int64_t n) {
+  if (run_median_of_means_in_registers<scalar_t>(a, data, strides, n)) return;
   if constexpr (std::is_same_v<scalar_t, acc_type<scalar_t>>) {
     bool contiguous = true;
     for (int64_t j = 0; j < a.n_out + a.n_in; ++j) contiguous = contiguous && strides[j] == int64_t(sizeof(scalar_t));
@@ -784,13 +880,8 @@ void run_median_of_means(const KernelArgs& a, char** data, const int64_t* stride
     }
   }
   ValueBlock<acc_type<scalar_t>> block(a.k);
-  if (a.k == 3) {
-    MedianOfMeansStep<scalar_t, 3> step{a.first, a.omit_nan, block};
-    run_blocks<scalar_t>(a, data, strides, n, step);
-  } else {
-    MedianOfMeansStep<scalar_t, 0> step{a.first, a.omit_nan, block};
-    run_blocks<scalar_t>(a, data, strides, n, step);
-  }
+  MedianOfMeansStep<scalar_t> step{a.first, a.omit_nan, block};
+  run_blocks<scalar_t>(a, data, strides, n, step);
 }
 
 template <typename scalar_t>
@@ -802,34 +893,19 @@ void run_median3(const KernelArgs& a, char** data, const int64_t* strides, int64
 template <typename scalar_t>
 void run_sorted_mean(const KernelArgs& a, char** data, const int64_t* strides, int64_t n) {
   ValueBlock<acc_type<scalar_t>> block(a.k);
-  auto run = [&](auto k_const, auto trim_const) {
-    SortedMeanStep<scalar_t, decltype(k_const)::value, decltype(trim_const)::value> step{a.trim, a.winsorize,
-                                                                                           block};
+  with_static_k<2, kMaxRegs>(a.k, [&](auto k_const) {
+    SortedMeanStep<scalar_t, decltype(k_const)::value> step{a.trim, a.winsorize, block};
     run_blocks<scalar_t>(a, data, strides, n, step);
-  };
-  using I0 = std::integral_constant<int, 0>;
-  using I1 = std::integral_constant<int, 1>;
-  using I2 = std::integral_constant<int, 2>;
-  const int64_t k = a.k, t = a.trim;
-  if (k == 3) return t == 0 ? run(std::integral_constant<int, 3>{}, I0{}) : run(std::integral_constant<int, 3>{}, I1{});
-  if (k == 4) return t == 0 ? run(std::integral_constant<int, 4>{}, I0{}) : run(std::integral_constant<int, 4>{}, I1{});
-  if (k == 5) {
-    using I5 = std::integral_constant<int, 5>;
-    return t == 0 ? run(I5{}, I0{}) : t == 1 ? run(I5{}, I1{}) : run(I5{}, I2{});
-  }
-  run(I0{}, I0{});
+  });
 }
 
 template <typename scalar_t>
 void run_running_median(const KernelArgs& a, char** data, const int64_t* strides, int64_t n) {
   ValueBlock<acc_type<scalar_t>> block(a.k);
-  if (a.k == 3) {
-    RunningMedianStep<scalar_t, 3> step{a.omit_nan, a.write_slot, block};
+  with_static_k<2, kMaxRegs>(a.k, [&](auto k_const) {
+    RunningMedianStep<scalar_t, decltype(k_const)::value> step{a.omit_nan, a.write_slot, block};
     run_blocks<scalar_t>(a, data, strides, n, step);
-  } else {
-    RunningMedianStep<scalar_t, 0> step{a.omit_nan, a.write_slot, block};
-    run_blocks<scalar_t>(a, data, strides, n, step);
-  }
+  });
 }
 
 template <typename scalar_t>
@@ -846,7 +922,7 @@ void run_ring_step(const KernelArgs& a, char** data, const int64_t* strides, int
                                                       block};
     run_blocks<scalar_t>(a, data, strides, n, step);
   };
-  if (a.k == 3 && a.reduce == RingReduce::Median) return run(std::integral_constant<int, 3>{});
+  if (a.reduce == RingReduce::Median) return with_static_k<2, kMaxRegs>(a.k, run);
   run(std::integral_constant<int, 0>{});
 }
 

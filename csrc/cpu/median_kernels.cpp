@@ -5,7 +5,6 @@
 // loaded from every row, reduced in registers (group sums, then an exact min/max network)
 // and stored. Rows x[i] are separate operands, so a row-sliced x (x = big[:, :n]) needs no
 // copy; other layouts are walked in place by for_each_run (cpu_kernels.h).
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <string>
@@ -13,6 +12,7 @@
 
 #include "common/checks.h"
 #include "cpu/cpu_kernels.h"
+#include "cpu/fresh_output.h"
 
 namespace cgh::cpu {
 namespace {
@@ -49,7 +49,7 @@ void median_of_means_into(const at::Tensor& x, int64_t groups, bool omit_nan, co
 
 at::Tensor median_of_means(const at::Tensor& x, int64_t groups, bool omit_nan) {
   check_median_of_means(x, groups, "x", "median_of_means");
-  at::Tensor out = at::empty(x.sizes().slice(1), x.options());
+  at::Tensor out = fresh_output(x.sizes().slice(1), x);
   median_of_means_into(x, groups, omit_nan, out);
   return out;
 }
@@ -67,7 +67,7 @@ std::vector<at::Tensor> foreach_median_of_means(at::TensorList xs, int64_t group
   std::vector<at::Tensor> outs;
   outs.reserve(xs.size());
   for (const auto& x : xs) {
-    outs.push_back(at::empty(x.sizes().slice(1), x.options()));
+    outs.push_back(fresh_output(x.sizes().slice(1), x));
     median_of_means_into(x, groups, omit_nan, outs.back());
   }
   return outs;
@@ -91,7 +91,7 @@ void median3_into(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c,
 
 at::Tensor median3(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, bool omit_nan) {
   check_same_floats3(a, b, c, "median3");
-  at::Tensor out = at::empty(a.sizes(), a.options());
+  at::Tensor out = fresh_output(a.sizes(), a);
   median3_into(a, b, c, omit_nan, out);
   return out;
 }
@@ -119,7 +119,7 @@ template <bool kWinsorize>
 at::Tensor trim_op(const at::Tensor& x, int64_t trim) {
   const char* op = kWinsorize ? "winsorized_mean" : "trimmed_mean";
   check_trim(x, trim, op);
-  at::Tensor out = at::empty(x.sizes().slice(1), x.options());
+  at::Tensor out = fresh_output(x.sizes().slice(1), x);
   sorted_mean_into(x, trim, kWinsorize, out);
   return out;
 }

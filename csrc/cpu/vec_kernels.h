@@ -84,6 +84,12 @@ C10_ALWAYS_INLINE Vectorized<acc_type<scalar_t>> load_acc(const scalar_t* p, int
   using Vec = Vectorized<acc_t>;
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     return kFull ? Vec::loadu(p) : Vec::loadu(p, count);
+  } else if (kFull) {
+    // ATen's vector conversions (exact: every float16/bfloat16 value is a float)
+    Vec v;
+    if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) at::vec::load_fp32_from_bf16(p, v);
+    else at::vec::load_fp32_from_fp16(p, v);
+    return v;
   } else {
     __at_align__ acc_t buf[Vec::size()];
     const int64_t n = kFull ? Vec::size() : count;
@@ -102,6 +108,11 @@ C10_ALWAYS_INLINE void store_acc(scalar_t* p, const Vectorized<acc_type<scalar_t
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     if (kFull) v.store(p);
     else v.store(p, static_cast<int>(count));
+  } else if (kFull) {
+    // ATen's vector conversions: round to nearest even, as the scalar cast (a NaN may get
+    // another payload: it stays a NaN)
+    if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) at::vec::convert_float_bfloat16(v, v).store(p, Vec::size());
+    else at::vec::convert_float_half(v, v).store(p, Vec::size());
   } else {
     __at_align__ acc_t buf[Vec::size()];
     v.store(buf);

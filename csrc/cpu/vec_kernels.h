@@ -65,7 +65,8 @@ constexpr int kMaxNet = 16;
 constexpr int kMaxRegs = 9;
 
 // Calls f(std::integral_constant<int, K>{}) with K = k when kLo <= k <= kHi, else
-// f(std::integral_constant<int, 0>{}) (the run-time-k path).
+// f(std::integral_constant<int, 0>{}) (the run-time-k path; callers whose k is always in
+// range, such as a checked trim, may use kLo = 0).
 template <int kLo, int kHi, typename F>
 C10_ALWAYS_INLINE void with_static_k(int64_t k, const F& f) {
   if constexpr (kLo > kHi) {
@@ -612,9 +613,9 @@ template <typename scalar_t>
 using Median3Step = RowsMedianStep<scalar_t, 3>;
 
 // K: k when fixed at compile time (2 to kMaxRegs: the values stay in registers, which
-// takes constant indices), else 0. trim stays a run-time value: the loops below run over
-// constant indices and test it, so the sorted values keep their registers.
-template <typename scalar_t, int K>
+// takes constant indices), else 0. TR: trim, fixed at compile time with K (the tests of a
+// run-time trim in the loops below cost as much as the sort at k = 3), else -1.
+template <typename scalar_t, int K, int TR = -1>
 struct SortedMeanStep {
   using acc_t = acc_type<scalar_t>;
   using Vec = Vectorized<acc_t>;
@@ -628,7 +629,8 @@ struct SortedMeanStep {
   // summed in ascending order (the reference's order), each of the outer ones replaced by
   // its nearest kept one when winsorizing; then divided by the count.
   C10_ALWAYS_INLINE Vec mean_of_sorted(const Vec* v) const {
-    const int64_t lo = trim, hi = K - 1 - trim;
+    const int64_t t = TR >= 0 ? TR : trim;
+    const int64_t lo = t, hi = K - 1 - t;
     Vec v_lo = v[0], v_hi = v[K - 1];
     for (int j = 0; j < K; ++j) {
       if (j == lo) v_lo = v[j];
@@ -638,7 +640,7 @@ struct SortedMeanStep {
     if (!winsorize) {
       for (int j = 0; j < K; ++j)
         if (j > lo && j <= hi) total = total + v[j];
-      return total / Vec(static_cast<acc_t>(K - 2 * trim));
+      return total / Vec(static_cast<acc_t>(K - 2 * t));
     }
     for (int p = 1; p < K; ++p) total = total + (p < lo ? v_lo : p > hi ? v_hi : v[p]);
     return total / Vec(static_cast<acc_t>(K));
@@ -904,9 +906,18 @@ void run_median3(const KernelArgs& a, char** data, const int64_t* strides, int64
 template <typename scalar_t>
 void run_sorted_mean(const KernelArgs& a, char** data, const int64_t* strides, int64_t n) {
   ValueBlock<acc_type<scalar_t>> block(a.k);
-  with_static_k<2, kMaxRegs>(a.k, [&](auto k_const) {
-    SortedMeanStep<scalar_t, decltype(k_const)::value> step{a.trim, a.winsorize, block};
+  auto run = [&](auto k_const, auto trim_const) {
+    SortedMeanStep<scalar_t, decltype(k_const)::value, decltype(trim_const)::value> step{a.trim, a.winsorize, block};
     run_blocks<scalar_t>(a, data, strides, n, step);
+  };
+  with_static_k<2, kMaxRegs>(a.k, [&](auto k_const) {
+    constexpr int K = decltype(k_const)::value;
+    if constexpr (K == 0) {
+      run(k_const, std::integral_constant<int, -1>{});
+    } else {
+      // every trim the checks allow, 0 .. (k - 1) / 2, compiled
+      with_static_k<0, (K - 1) / 2>(a.trim, [&](auto trim_const) { run(k_const, trim_const); });
+    }
   });
 }
 

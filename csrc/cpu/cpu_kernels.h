@@ -60,6 +60,20 @@ inline int64_t grain_for(int64_t n_operands) {
   return std::max<int64_t>(2048, (int64_t{1} << 17) / std::max<int64_t>(n_operands, 1));
 }
 
+// Runs body(data, strides, n) over n coordinates of n_ops contiguous operands that start at
+// base[0..n_ops) (elem bytes per coordinate), in parallel. Raw base pointers: no iterator
+// set-up, which matters for lists of small tensors.
+template <typename Body>
+void for_each_contiguous_run(char* const* base, int64_t n_ops, int64_t n, int64_t elem, const Body& body) {
+  if (n == 0) return;
+  const c10::SmallVector<int64_t, 16> strides(n_ops, elem);
+  at::parallel_for(0, n, grain_for(n_ops), [&](int64_t begin, int64_t end) {
+    c10::SmallVector<char*, 16> data(n_ops);
+    for (int64_t j = 0; j < n_ops; ++j) data[j] = base[j] + begin * elem;
+    body(data.data(), strides.data(), end - begin);
+  });
+}
+
 // Runs body(data, strides, n) over all coordinates of the same-shape operands `ops`
 // (n_out outputs first, then inputs), in parallel. An operand may appear both as an
 // output and as an input (in-place update): bodies read a coordinate's inputs before
@@ -73,16 +87,9 @@ void for_each_run(c10::ArrayRef<at::Tensor> ops, int64_t n_out, const Body& body
   bool contiguous = true;
   for (const auto& t : ops) contiguous = contiguous && t.is_contiguous();
   if (contiguous) {
-    // Raw base pointers: no iterator set-up, which matters for lists of small tensors.
-    const int64_t elem = ops[0].element_size();
     c10::SmallVector<char*, 16> base(n_ops);
     for (int64_t j = 0; j < n_ops; ++j) base[j] = static_cast<char*>(ops[j].data_ptr());
-    const c10::SmallVector<int64_t, 16> strides(n_ops, elem);
-    at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
-      c10::SmallVector<char*, 16> data(n_ops);
-      for (int64_t j = 0; j < n_ops; ++j) data[j] = base[j] + begin * elem;
-      body(data.data(), strides.data(), end - begin);
-    });
+    for_each_contiguous_run(base.data(), n_ops, n, ops[0].element_size(), body);
     return;
   }
   // Any other layout: TensorIterator coalesces and orders the dimensions and hands us
@@ -105,6 +112,15 @@ void for_each_run(c10::ArrayRef<at::Tensor> ops, int64_t n_out, const Body& body
         }
       },
       grain);
+}
+
+// Runs kernel `fn` with `args` over n coordinates of contiguous operands at base[0..n_out +
+// n_in) (outputs first), elem bytes per coordinate.
+inline void run_kernel_contiguous(RunFn fn, const KernelArgs& args, char* const* base, int64_t n, int64_t elem) {
+  KernelArgs a = args;
+  a.total = n;
+  for_each_contiguous_run(base, a.n_out + a.n_in, n, elem,
+                          [&](char** data, const int64_t* strides, int64_t len) { fn(a, data, strides, len); });
 }
 
 // Runs kernel `fn` with `args` over all coordinates of `ops` (args.n_out outputs first).

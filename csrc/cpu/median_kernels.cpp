@@ -17,13 +17,26 @@
 namespace cgh::cpu {
 namespace {
 
-// out followed by the rows x[0], ..., x[m-1] (views, no copy).
-std::vector<at::Tensor> out_and_rows(const at::Tensor& out, const at::Tensor& x) {
+// Runs a reduction over the rows x[0], ..., x[m-1] into out. Contiguous x and out (the
+// common case) go straight from x's data pointer (no view tensor per row: they cost
+// about as much as the kernel for a list of small tensors); any other layout walks the
+// row views in place (cpu_kernels.h).
+void run_on_rows(RunFn fn, const KernelArgs& args, const at::Tensor& out, const at::Tensor& x) {
+  const int64_t m = x.size(0);
+  if (x.is_contiguous() && out.is_contiguous()) {
+    const int64_t n = out.numel(), elem = x.element_size();
+    c10::SmallVector<char*, 17> base(m + 1);
+    base[0] = static_cast<char*>(out.data_ptr());
+    char* rows = static_cast<char*>(x.data_ptr());
+    for (int64_t i = 0; i < m; ++i) base[i + 1] = rows + i * n * elem;
+    run_kernel_contiguous(fn, args, base.data(), n, elem);
+    return;
+  }
   std::vector<at::Tensor> ops;
-  ops.reserve(static_cast<size_t>(x.size(0)) + 1);
+  ops.reserve(static_cast<size_t>(m) + 1);
   ops.push_back(out);
-  for (int64_t i = 0; i < x.size(0); ++i) ops.push_back(x.select(0, i));
-  return ops;
+  for (int64_t i = 0; i < m; ++i) ops.push_back(x.select(0, i));
+  run_kernel(fn, args, ops);
 }
 
 // ------------------------------------------------------------------ median of means
@@ -38,13 +51,12 @@ std::vector<int64_t> group_bounds(int64_t m, int64_t groups) {
 void median_of_means_into(const at::Tensor& x, int64_t groups, bool omit_nan, const at::Tensor& out) {
   const int64_t m = x.size(0);
   const std::vector<int64_t> first = group_bounds(m, groups);
-  const std::vector<at::Tensor> ops = out_and_rows(out, x);
   KernelArgs args;
   args.n_in = m;
   args.k = groups;
   args.first = first.data();
   args.omit_nan = omit_nan;
-  run_kernel(kernel(kMedianOfMeans, x.scalar_type()), args, ops);
+  run_on_rows(kernel(kMedianOfMeans, x.scalar_type()), args, out, x);
 }
 
 at::Tensor median_of_means(const at::Tensor& x, int64_t groups, bool omit_nan) {
@@ -106,13 +118,12 @@ void median3_out(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, 
 // ------------------------------------------------------------------ trimmed / winsorized
 void sorted_mean_into(const at::Tensor& x, int64_t trim, bool winsorize, const at::Tensor& out) {
   const int64_t m = x.size(0);
-  const std::vector<at::Tensor> ops = out_and_rows(out, x);
   KernelArgs args;
   args.n_in = m;
   args.k = m;
   args.trim = trim;
   args.winsorize = winsorize;
-  run_kernel(kernel(kSortedMean, x.scalar_type()), args, ops);
+  run_on_rows(kernel(kSortedMean, x.scalar_type()), args, out, x);
 }
 
 template <bool kWinsorize>

@@ -122,12 +122,15 @@ C10_ALWAYS_INLINE void store_acc(scalar_t* p, const Vectorized<acc_type<scalar_t
   }
 }
 
-// Copies count values bit for bit (a full block is a fixed-size memcpy, which compiles to
-// vector moves; a memcpy call per block would cost more than the copy).
+// Copies count values bit for bit. A full float/double block is a vector load and store
+// (moves keep every bit, NaN payloads included): a memcpy may alias anything, which made
+// the compiler reload the operand pointers after it in every block.
 template <typename scalar_t, bool kFull>
 C10_ALWAYS_INLINE void copy_raw(scalar_t* dst, const scalar_t* src, int64_t count) {
-  constexpr int64_t W = Vectorized<acc_type<scalar_t>>::size();
-  if (kFull) std::memcpy(dst, src, W * sizeof(scalar_t));
+  using Vec = Vectorized<acc_type<scalar_t>>;
+  constexpr int64_t W = Vec::size();
+  if constexpr (kFull && std::is_same_v<scalar_t, acc_type<scalar_t>>) Vec::loadu(src).store(dst);
+  else if (kFull) std::memcpy(dst, src, W * sizeof(scalar_t));
   else for (int64_t l = 0; l < count; ++l) dst[l] = src[l];
 }
 

@@ -232,14 +232,19 @@ def plots(records, name: str, plot_dir: str) -> list[str]:
 def section(path: str, plot_dir: str, md_dir: str) -> list[str]:
     records = load(path)
     name = os.path.splitext(os.path.basename(path))[0]
-    meta = next((r.get("run") for r in records if r.get("run")), {})
+    metas = []  # one per run whose records the file holds (--append)
+    for r in records:
+        if r.get("run") and r["run"] not in metas:
+            metas.append(r["run"])
     lines = [f"## {name}", ""]
-    if meta:
+    for meta in metas:
+        thp = f", transparent huge pages: {meta['thp']}" if meta.get("thp") else ""
         lines += [
             f"Command: `python -m bench.throughput {' '.join(meta.get('argv', []))}` "
-            f"(torch {meta.get('torch')}, {meta.get('threads')} threads). Data: `{os.path.relpath(path, md_dir)}`.",
+            f"(torch {meta.get('torch')}, {meta.get('threads')} threads{thp}).",
             "",
         ]
+    lines += [f"Data: `{os.path.relpath(path, md_dir)}`.", ""]
     headline(records, lines)
     targets(records, lines)
     optimizer_table(records, lines)

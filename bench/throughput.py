@@ -420,6 +420,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="write the records (a JSON list) here")
+    p.add_argument("--append", action="store_true",
+                   help="add the records to those already in --json (each record keeps its run's command)")
     p.add_argument("--no-optimizer-step", action="store_true", help="skip the ResNet-50 optimizer-step benchmark")
     args = p.parse_args(argv)
     try:
@@ -489,8 +491,12 @@ def main(argv=None) -> list[dict]:
                 "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE")}
         for r in runner.records:
             r.setdefault("run", meta)
+        records = runner.records
+        if args.append and os.path.exists(args.json):
+            with open(args.json) as f:
+                records = json.load(f) + records
         with open(args.json, "w") as f:
-            json.dump(runner.records, f, indent=1)
+            json.dump(records, f, indent=1)
         log(f"[bench] wrote {len(runner.records)} records to {args.json}")
     return runner.records
 

@@ -506,3 +506,25 @@ def test_huge_pages_can_be_switched_off():
     env = dict(os.environ, CGH_OPS_HUGE_PAGES="0")
     res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr
+
+
+def test_rows_256_mib_apart_are_staged_and_exact():
+    # why: rows of one [k, 2^26] float32 tensor are 256 MiB apart and their pages collide
+    # (python -m bench.row_aliasing); the kernels then copy 64 KiB of each row into a
+    # per-thread buffer before computing. Every op family on that path, in-place ones too,
+    # with a tail that is not a whole chunk and a NaN.
+    n = (1 << 26)
+    g = torch.Generator().manual_seed(26)
+    x = torch.randint(-3, 4, (3, n), generator=g, dtype=torch.int8).float()  # 768 MiB
+    x[1, n - 7] = float("nan")
+    want = reference.median_of_means(x, 3)
+    assert_bitwise(ops.median_of_means(x, 3, False), want, "median_of_means")
+    assert_bitwise(ops.trimmed_mean(x, 1), want, "trimmed_mean (k = 3, trim 1: the median)")
+    del want
+    grad, history = x[0], [x[1], x[2]]
+    want_grad, want_hist = grad.clone(), [h.clone() for h in history]
+    reference.running_median_(want_grad, want_hist, 1)
+    raw = grad.clone()
+    ops.running_median_(grad, history, 1, False)
+    assert_bitwise(grad, want_grad, "running_median_ grad")
+    assert_bitwise(history[1], raw, "running_median_ slot")

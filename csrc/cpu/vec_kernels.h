@@ -438,11 +438,32 @@ C10_ALWAYS_INLINE Vectorized<acc_t> sorted_mean(ValueBlock<acc_t>& b, int64_t tr
 }
 
 // ------------------------------------------------------------------ runs and blocks
-// Calls step on the blocks of n coordinates of contiguous operands; `stream`: write the
-// output with streaming stores (where the step allows it and the ISA has them).
+// Rows of one [k, n] tensor are n * itemsize bytes apart. When that distance is a multiple
+// of a large power of two (n = 2^26 floats: 256 MiB), reading the rows in lockstep ran at
+// 0.3-0.5 of a copy on this project's CPU machine (torch.compile's kernels too), while the
+// same rows padded apart by 4 KiB ran at 0.9; a 64-byte pad did not help, so their pages
+// collide, most likely in the set-associative TLB (python -m bench.row_aliasing measures
+// it). For such inputs, run_contiguous copies each row's next chunk into a per-thread
+// buffer, one row after the other, and computes from there: one page in flight at a time.
+constexpr int64_t kCollidingBytes = int64_t{1} << 28;  // 256 MiB
+constexpr int64_t kStageBytes = int64_t{64} << 10;     // per row and chunk
+
+// Whether an input lies a nonzero multiple of kCollidingBytes away from the first one.
+template <typename scalar_t>
+inline bool pages_collide(const scalar_t* const* in, int64_t n_in) {
+  for (int64_t j = 1; j < n_in; ++j) {
+    const int64_t d = std::abs(reinterpret_cast<intptr_t>(in[j]) - reinterpret_cast<intptr_t>(in[0]));
+    if (d != 0 && d % kCollidingBytes == 0) return true;
+  }
+  return false;
+}
+
+// Calls step on the blocks of n coordinates of contiguous operands (n_in inputs, n_out
+// outputs; n_in = 0: inputs in cache, never staged); `stream`: write the output with
+// streaming stores (where the step allows it and the ISA has them).
 template <typename scalar_t, typename Step>
 C10_ALWAYS_INLINE void run_contiguous(const scalar_t* const* in, scalar_t* const* out, int64_t n, bool stream,
-                                      Step& step) {
+                                      int64_t n_in, int64_t n_out, Step& step) {
   constexpr int64_t W = Vectorized<acc_type<scalar_t>>::size();
   int64_t i = 0;
   if constexpr (Step::kStreamOut) {
@@ -452,6 +473,24 @@ C10_ALWAYS_INLINE void run_contiguous(const scalar_t* const* in, scalar_t* const
     if (step.stream && addr % 32 != 0) {
       i = std::min<int64_t>(n, static_cast<int64_t>((32 - addr % 32) / sizeof(scalar_t)));
       step.template apply<false>(in, out, 0, i);
+    }
+  }
+  constexpr int64_t C = kStageBytes / int64_t(sizeof(scalar_t));  // a multiple of W
+  if (n_in > 1 && n_out <= 4 && n - i >= C && pages_collide(in, n_in)) {
+    thread_local std::vector<scalar_t> stage;  // grows once per thread, not per call
+    if (int64_t(stage.size()) < n_in * C) stage.resize(static_cast<size_t>(n_in * C));
+    c10::SmallVector<const scalar_t*, 16> staged(n_in);
+    for (int64_t j = 0; j < n_in; ++j) staged[j] = stage.data() + j * C;
+    scalar_t* dst[4];
+    for (; i < n;) {
+      const int64_t len = std::min(C, n - i);
+      // Every input of the chunk is read before any output is written (in-place operands).
+      for (int64_t j = 0; j < n_in; ++j) std::memcpy(stage.data() + j * C, in[j] + i, len * sizeof(scalar_t));
+      for (int64_t j = 0; j < n_out; ++j) dst[j] = out[j] + i;
+      int64_t b = 0;
+      for (; b + W <= len; b += W) step.template apply<true>(staged.data(), dst, b, W);
+      if (b < len) step.template apply<false>(staged.data(), dst, b, len - b);
+      i += len;
     }
   }
   for (; i + W <= n; i += W) step.template apply<true>(in, out, i, W);
@@ -473,7 +512,7 @@ void run_blocks(const KernelArgs& a, char** data, const int64_t* strides, int64_
   if (contiguous) {
     for (int64_t j = 0; j < n_out; ++j) out[j] = reinterpret_cast<scalar_t*>(data[j]);
     for (int64_t j = 0; j < n_in; ++j) in[j] = reinterpret_cast<const scalar_t*>(data[n_out + j]);
-    run_contiguous<scalar_t>(in.data(), out.data(), n, streamed<scalar_t>(a, n), step);
+    run_contiguous<scalar_t>(in.data(), out.data(), n, streamed<scalar_t>(a, n), n_in, n_out, step);
     return;
   }
   // Strided run: gather W coordinates of every input into a small buffer, compute, and
@@ -849,10 +888,10 @@ void median_of_means_tiled(const KernelArgs& a, scalar_t* out, const scalar_t* c
       constexpr int K = decltype(k_const)::value;
       if constexpr (K > 0) {
         RowsMedianStep<scalar_t, K> step{a.omit_nan};
-        run_contiguous<scalar_t>(vals.data(), &o, len, stream, step);
+        run_contiguous<scalar_t>(vals.data(), &o, len, stream, /*n_in=*/0, 1, step);
       } else {
         MedianOfMeansStep<scalar_t> step{ident.data(), a.omit_nan, block};
-        run_contiguous<scalar_t>(vals.data(), &o, len, stream, step);
+        run_contiguous<scalar_t>(vals.data(), &o, len, stream, /*n_in=*/0, 1, step);
       }
     });
   }

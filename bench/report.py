@@ -265,9 +265,14 @@ was measured by `python -m bench.throughput` in the run that wrote the file. How
 
 * **bytes** = every input read once + every output written once; **GB/s** = bytes / the
   median call time; **frac** = GB/s divided by the GB/s of `dst.copy_(src)` into a
-  preallocated tensor moving the same number of bytes, measured in the same run.
+  preallocated tensor moving the same number of bytes, measured right before and right
+  after each case's variants (the faster of the two is the bar).
 * **out** rows write into preallocated outputs (`out=`), **fresh** rows allocate them (on
-  the CPU a fresh large tensor costs page faults), **inplace** rows are the in-place ops.
+  the CPU a fresh large tensor costs page faults; our CPU ops put fresh outputs of 2 MiB or
+  more on transparent huge pages), **inplace** rows are the in-place ops.
+* **Targets**: "no slower than torch.compile" is checked row by row for every op, k, dtype
+  and n of the run, variant against the same variant (a ratio below 1.00 is a miss, noise
+  or not); the rows behind each verdict are in the tables below.
 * **kernel**: `native` is our C++/CUDA kernel, `triton` our Triton kernel, `reference` the
   pure-PyTorch fallback (only when the extension was not built), `peer` someone else's way.
 * Peers: `torch.median`/`torch.quantile` of the stacked values (group means first),

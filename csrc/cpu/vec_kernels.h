@@ -320,9 +320,8 @@ struct ValueBlock {
     }
   }
   bool small() const { return k <= kMaxNet; }
-  template <int K = 0>
   C10_ALWAYS_INLINE void set(int64_t j, const Vec& x) {
-    if (K || small()) v[j] = x;
+    if (small()) v[j] = x;
     else x.store(lanes.data() + j * W);
   }
   // Makes the network-held values readable per lane (before gather on a small block).
@@ -339,11 +338,9 @@ struct ValueBlock {
   // Whether a lane of a (network-held) value may be NaN: a cheap test that is also true
   // for +-Inf (v - v is +0 for finite v, NaN for NaN and +-Inf), so that only a block
   // holding a NaN or an Inf pays for the exact per-lane test (nan_mask).
-  template <int K>
   C10_ALWAYS_INLINE bool may_have_nan() const {
-    const int64_t kk = K ? K : k;
     Vec t = v[0] - v[0];
-    for (int64_t j = 1; j < kk; ++j) t = t + (v[j] - v[j]);
+    for (int64_t j = 1; j < k; ++j) t = t + (v[j] - v[j]);
     return t.zero_mask() != (1 << W) - 1;  // t's lanes are +0 or NaN
   }
   // Scratch of k values for the scalar selection.
@@ -379,18 +376,18 @@ inline Vectorized<acc_t> per_lane(ValueBlock<acc_t>& b, int64_t count, F f) {
   return Vectorized<acc_t>::loadu(res);
 }
 
-// The median of a block's k values, coordinate-wise (b.v is clobbered). K: k when it is
-// known at compile time (the hot k = 3), else 0.
-template <int K, typename acc_t>
+// The median of a block's k values, coordinate-wise (b.v is clobbered): the run-time-k
+// path (median_regs holds k values known at compile time).
+template <typename acc_t>
 C10_ALWAYS_INLINE Vectorized<acc_t> median(ValueBlock<acc_t>& b, bool omit_nan, int64_t count) {
   using Vec = Vectorized<acc_t>;
-  const int64_t k = K ? K : b.k;
-  if (!K && !b.small())
+  const int64_t k = b.k;
+  if (!b.small())
     return per_lane(b, count, [&](acc_t* v) { return median_scalar(v, b.work(), k, omit_nan); });
   if (k == 1) return b.v[0];
   Vec nan;
   bool has_nan = false;
-  if (b.template may_have_nan<K>()) {
+  if (b.may_have_nan()) {
     nan = b.nan_mask();
     has_nan = any_lane(nan);
   }
@@ -419,7 +416,7 @@ C10_ALWAYS_INLINE Vectorized<acc_t> sorted_mean(ValueBlock<acc_t>& b, int64_t tr
     return per_lane(b, count, [&](acc_t* v) { return sorted_mean_scalar(v, k, trim, winsorize); });
   Vec nan;
   bool has_nan = false;
-  if (b.template may_have_nan<0>()) {
+  if (b.may_have_nan()) {
     nan = b.nan_mask();
     has_nan = any_lane(nan);
   }
@@ -561,7 +558,7 @@ struct MedianOfMeansStep {
       // x / 1 == x exactly: a one-row group skips the division.
       block.set(g, rows == 1 ? sum : sum / Vec(static_cast<acc_t>(rows)));
     }
-    store_out<scalar_t, kFull>(out[0] + i, median<0>(block, omit_nan, count), count, stream);
+    store_out<scalar_t, kFull>(out[0] + i, median(block, omit_nan, count), count, stream);
   }
 };
 
@@ -733,7 +730,7 @@ struct RunningMedianStep {
       med = median_regs<K>(v, omit_nan);
     } else {
       for (int64_t j = 0; j < block.k; ++j) block.set(j, load_acc<scalar_t, kFull>(in[j] + i, count));
-      med = median<0>(block, omit_nan, count);
+      med = median(block, omit_nan, count);
     }
     // The raw gradient, bit for bit, before the gradient is overwritten.
     if (write_slot) copy_raw<scalar_t, kFull>(out[1] + i, in[0] + i, count);
@@ -778,7 +775,7 @@ struct RingStep {
     } else if (reduce == RingReduce::Median) {
       block.set(0, g);
       for (int64_t j = 1; j < block.k; ++j) block.set(j, load_acc<scalar_t, kFull>(in[1 + j] + i, count));
-      r = median<0>(block, omit_nan, count);
+      r = median(block, omit_nan, count);
     } else if (reduce == RingReduce::Mean) {
       r = g;  // summed in order g, history[0], ..., then divided by the count
       for (int64_t j = 1; j < block.k; ++j) r = r + load_acc<scalar_t, kFull>(in[1 + j] + i, count);

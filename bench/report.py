@@ -241,7 +241,8 @@ def section(path: str, plot_dir: str, md_dir: str) -> list[str]:
         thp = f", transparent huge pages: {meta['thp']}" if meta.get("thp") else ""
         lines += [
             f"Command: `python -m bench.throughput {' '.join(meta.get('argv', []))}` "
-            f"(torch {meta.get('torch')}, {meta.get('threads')} threads{thp}).",
+            f"(torch {meta.get('torch')}, {meta.get('threads')} threads{thp}"
+            f"{'; ' + meta['machine'] if meta.get('machine') else ''}).",
             "",
         ]
     lines += [f"Data: `{os.path.relpath(path, md_dir)}`.", ""]

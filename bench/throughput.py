@@ -31,6 +31,7 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import time
 from typing import Callable, Optional
@@ -377,6 +378,18 @@ def _thp_setting() -> Optional[str]:
         return None
 
 
+def _machine() -> Optional[str]:
+    """CPU model, core count and cache sizes, as lscpu reports them (the results depend on them)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    get = lambda key: fields.get(key, "?").strip()
+    return (f"{get('Model name')}, {get('CPU(s)')} CPUs, L2 {get('L2 cache')}, L3 {get('L3 cache')}, "
+            f"hypervisor: {get('Hypervisor vendor')}")
+
+
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
@@ -487,6 +500,7 @@ def main(argv=None) -> list[dict]:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         meta = {"torch": torch.__version__, "threads": torch.get_num_threads(),
                 "argv": sys.argv[1:] if argv is None else argv, "thp": _thp_setting(),
+                "machine": _machine(),
                 "CGH_OPS_HUGE_PAGES": os.environ.get("CGH_OPS_HUGE_PAGES"),
                 "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE")}
         for r in runner.records:

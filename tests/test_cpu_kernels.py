@@ -508,11 +508,14 @@ def test_huge_pages_can_be_switched_off():
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr
 
 
-def test_rows_256_mib_apart_are_staged_and_exact():
-    # why: rows of one [k, 2^26] float32 tensor are 256 MiB apart and their pages collide
-    # (python -m bench.row_aliasing); the kernels then copy 64 KiB of each row into a
-    # per-thread buffer before computing. Every op family on that path, in-place ones too,
-    # with a tail that is not a whole chunk and a NaN.
+@pytest.mark.parametrize("stage", ["1", "0"], ids=["staged", "direct"])
+def test_rows_256_mib_apart_are_exact(stage, monkeypatch):
+    # why: rows of one [k, 2^26] float32 tensor are 256 MiB apart, and on AMD CPUs their
+    # pages collide (python -m bench.row_aliasing); there the kernels copy 64 KiB of each
+    # row into a per-thread buffer before computing (CGH_OPS_STAGE_ROWS forces it on or off
+    # on any CPU). Every op family on both paths, in-place ones too, with a tail that is not
+    # a whole chunk and a NaN.
+    monkeypatch.setenv("CGH_OPS_STAGE_ROWS", stage)
     n = (1 << 26)
     g = torch.Generator().manual_seed(26)
     x = torch.randint(-3, 4, (3, n), generator=g, dtype=torch.int8).float()  # 768 MiB

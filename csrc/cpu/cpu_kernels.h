@@ -42,6 +42,23 @@ inline const KernelTable& kernels() {
   return *table;
 }
 
+// Whether the kernels stage input rows that lie a nonzero multiple of 256 MiB apart through
+// a per-thread buffer (vec_kernels.h, run_contiguous). Measured, median_of_means k = 5 on
+// such rows (python -m bench.row_aliasing): on an AMD EPYC VM their pages collide and
+// staging took it from 0.42 to 0.58 of a copy; on an Intel Xeon VM they do not collide
+// (1.2 of a copy, like padded rows) and staging cost half of that. So it is on for AMD
+// CPUs only; CGH_OPS_STAGE_ROWS=1 or 0 forces it either way (read per call: tests set it).
+inline bool stage_colliding_rows() {
+  const char* forced = std::getenv("CGH_OPS_STAGE_ROWS");
+  if (forced != nullptr && forced[0] != '\0') return forced[0] != '0';
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool amd = __builtin_cpu_is("amd");
+  return amd;
+#else
+  return false;
+#endif
+}
+
 inline RunFn kernel(KernelKind kind, c10::ScalarType dtype) {
   int d = 0;
   switch (dtype) {
@@ -119,6 +136,7 @@ void for_each_run(c10::ArrayRef<at::Tensor> ops, int64_t n_out, const Body& body
 inline void run_kernel_contiguous(RunFn fn, const KernelArgs& args, char* const* base, int64_t n, int64_t elem) {
   KernelArgs a = args;
   a.total = n;
+  a.stage_rows = stage_colliding_rows();
   for_each_contiguous_run(base, a.n_out + a.n_in, n, elem,
                           [&](char** data, const int64_t* strides, int64_t len) { fn(a, data, strides, len); });
 }
@@ -127,6 +145,7 @@ inline void run_kernel_contiguous(RunFn fn, const KernelArgs& args, char* const*
 inline void run_kernel(RunFn fn, const KernelArgs& args, c10::ArrayRef<at::Tensor> ops) {
   KernelArgs a = args;
   a.total = ops[0].numel();
+  a.stage_rows = stage_colliding_rows();
   for_each_run(ops, a.n_out, [&](char** data, const int64_t* strides, int64_t n) { fn(a, data, strides, n); });
 }
 

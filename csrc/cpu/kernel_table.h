@@ -25,6 +25,7 @@ struct KernelArgs {
   bool write_slot = false;  // running median / ring step: write the history slot
   RingReduce reduce = RingReduce::Median;  // ring step
   double lr = 0.0, weight_decay = 0.0;     // ring step
+  bool stage_rows = false;  // stage inputs a multiple of 256 MiB apart (set by run_kernel)
 };
 
 using RunFn = void (*)(const KernelArgs&, char** data, const int64_t* strides, int64_t n);

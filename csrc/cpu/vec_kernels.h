@@ -437,10 +437,11 @@ C10_ALWAYS_INLINE Vectorized<acc_t> sorted_mean(ValueBlock<acc_t>& b, int64_t tr
 // ------------------------------------------------------------------ runs and blocks
 // Rows of one [k, n] tensor are n * itemsize bytes apart. When that distance is a multiple
 // of a large power of two (n = 2^26 floats: 256 MiB), reading the rows in lockstep ran at
-// 0.3-0.5 of a copy on this project's CPU machine (torch.compile's kernels too), while the
-// same rows padded apart by 4 KiB ran at 0.9; a 64-byte pad did not help, so their pages
-// collide, most likely in the set-associative TLB (python -m bench.row_aliasing measures
-// it). For such inputs, run_contiguous copies each row's next chunk into a per-thread
+// 0.3-0.5 of a copy on an AMD EPYC VM (torch.compile's kernels too), while the same rows
+// padded apart by 4 KiB ran at 0.9; a 64-byte pad did not help, so their pages collide,
+// most likely in the set-associative TLB (python -m bench.row_aliasing measures it). For
+// such inputs, when the op layer asks (KernelArgs::stage_rows: AMD CPUs, see
+// stage_colliding_rows), run_contiguous copies each row's next chunk into a per-thread
 // buffer, one row after the other, and computes from there: one page in flight at a time.
 constexpr int64_t kCollidingBytes = int64_t{1} << 28;  // 256 MiB
 constexpr int64_t kStageBytes = int64_t{64} << 10;     // per row and chunk
@@ -456,7 +457,7 @@ inline bool pages_collide(const scalar_t* const* in, int64_t n_in) {
 }
 
 // Calls step on the blocks of n coordinates of contiguous operands (n_in inputs, n_out
-// outputs; n_in = 0: inputs in cache, never staged); `stream`: write the output with
+// outputs; n_in = 0: never staged, e.g. inputs in cache); `stream`: write the output with
 // streaming stores (where the step allows it and the ISA has them).
 template <typename scalar_t, typename Step>
 C10_ALWAYS_INLINE void run_contiguous(const scalar_t* const* in, scalar_t* const* out, int64_t n, bool stream,
@@ -509,7 +510,8 @@ void run_blocks(const KernelArgs& a, char** data, const int64_t* strides, int64_
   if (contiguous) {
     for (int64_t j = 0; j < n_out; ++j) out[j] = reinterpret_cast<scalar_t*>(data[j]);
     for (int64_t j = 0; j < n_in; ++j) in[j] = reinterpret_cast<const scalar_t*>(data[n_out + j]);
-    run_contiguous<scalar_t>(in.data(), out.data(), n, streamed<scalar_t>(a, n), n_in, n_out, step);
+    run_contiguous<scalar_t>(in.data(), out.data(), n, streamed<scalar_t>(a, n), a.stage_rows ? n_in : 0, n_out,
+                             step);
     return;
   }
   // Strided run: gather W coordinates of every input into a small buffer, compute, and

@@ -113,12 +113,16 @@ def test_parallel_chunk_boundaries(m):
         torch.set_num_threads(old)
 
 
-def test_large_output_streamed_from_unaligned_start():
-    # streaming: runs of >= 4 MB of output use non-temporal stores after an aligned head
-    n = (1 << 21) + 5
-    x = randn(3, n, seed=12)
-    buf = torch.empty(n + 1)
-    out = buf[1:]  # 4 bytes past a 64-byte boundary: a head of 7 coordinates first
+@pytest.mark.parametrize("dtype,offset", [(torch.float32, 1), (torch.float64, 3), (torch.bfloat16, 1),
+                                          (torch.bfloat16, 9), (torch.float16, 15), (torch.bfloat16, 8)])
+def test_large_output_streamed_from_unaligned_start(dtype, offset):
+    # streaming: runs of >= 4 MB of output use non-temporal stores after a head of fewer
+    # than one block (8 lanes: 32 bytes of float32, 16 of bfloat16) that reaches the
+    # block boundary; the offsets put that head at every length class, 0 included
+    n = (1 << 22) + 5
+    x = randn(3, n, seed=12, dtype=dtype)
+    buf = torch.empty(n + 16, dtype=dtype)
+    out = buf[offset:offset + n]  # `offset` elements past a 64-byte boundary
     ops.median_of_means.out(x, 3, False, out=out)
     assert_bitwise(out, reference.median_of_means(x, 3), "median_of_means")
     ops.median3.out(x[0], x[1], x[2], False, out=out)
@@ -470,9 +474,9 @@ def _thp_mode() -> str:
 
 
 def test_large_fresh_outputs_are_ordinary_resizable_tensors():
-    # fresh outputs >= 2 MiB come from our huge-page allocator: same values, a normal
+    # fresh outputs >= 32 MiB come from our huge-page allocator: same values, a normal
     # contiguous CPU tensor whose storage resizes and frees like any other
-    n = (1 << 20) + 3  # 4 MiB of float32 output
+    n = (1 << 23) + 3  # 32 MiB of float32 output
     x = randn(3, n, seed=21)
     out = ops.median_of_means(x, 3, False)
     assert out.is_contiguous() and out.device.type == "cpu" and out.shape == (n,)
@@ -488,9 +492,9 @@ def test_large_fresh_outputs_are_ordinary_resizable_tensors():
 @pytest.mark.skipif(_thp_mode() == "never", reason="transparent huge pages are off on this machine")
 def test_large_fresh_outputs_are_advised_onto_huge_pages():
     # why: page faults dominated fresh outputs (median3 2^24: 45 ms fresh vs 10 ms out=)
-    out = ops.median3(*randn(3, 1 << 21, seed=22), False)  # 8 MiB
+    out = ops.median3(*randn(3, 1 << 23, seed=22), False)  # 32 MiB
     assert _smaps_field(out.data_ptr(), "THPeligible") == "1"
-    small = ops.median3(*randn(3, 1000, seed=22), False)  # default allocator below 2 MiB
+    small = ops.median3(*randn(3, 1000, seed=22), False)  # default allocator below 32 MiB
     assert_bitwise(small, torch.median(randn(3, 1000, seed=22), 0).values, "small")
 
 

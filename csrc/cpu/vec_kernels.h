@@ -100,6 +100,17 @@ C10_ALWAYS_INLINE Vectorized<acc_type<scalar_t>> load_acc(const scalar_t* p, int
   }
 }
 
+#if defined(CPU_CAPABILITY_AVX2)
+// The 8 lanes of v rounded to float16/bfloat16 (ATen's conversion of one register): the
+// Vectorized<BFloat16> route converts two registers and stores through a stack buffer,
+// which made median3 bfloat16 about 1.5x slower.
+template <typename scalar_t>
+C10_ALWAYS_INLINE __m128i round_to_16bit(const Vectorized<float>& v) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) return at::vec::cvtfp32_bf16(__m256(v));
+  else return at::vec::cvtfp32_fp16(__m256(v));
+}
+#endif
+
 // Stores the first `count` lanes of v at p, rounded to scalar_t (round to nearest even,
 // as Tensor.to()).
 template <typename scalar_t, bool kFull>
@@ -112,8 +123,12 @@ C10_ALWAYS_INLINE void store_acc(scalar_t* p, const Vectorized<acc_type<scalar_t
   } else if (kFull) {
     // ATen's vector conversions: round to nearest even, as the scalar cast (a NaN may get
     // another payload: it stays a NaN)
+#if defined(CPU_CAPABILITY_AVX2)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), round_to_16bit<scalar_t>(v));
+#else
     if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) at::vec::convert_float_bfloat16(v, v).store(p, Vec::size());
     else at::vec::convert_float_half(v, v).store(p, Vec::size());
+#endif
   } else {
     __at_align__ acc_t buf[Vec::size()];
     v.store(buf);
@@ -129,15 +144,24 @@ template <typename scalar_t, bool kFull>
 C10_ALWAYS_INLINE void copy_raw(scalar_t* dst, const scalar_t* src, int64_t count) {
   using Vec = Vectorized<acc_type<scalar_t>>;
   constexpr int64_t W = Vec::size();
-  if constexpr (kFull && std::is_same_v<scalar_t, acc_type<scalar_t>>) Vec::loadu(src).store(dst);
-  else if (kFull) std::memcpy(dst, src, W * sizeof(scalar_t));
-  else for (int64_t l = 0; l < count; ++l) dst[l] = src[l];
+  if constexpr (!kFull) {
+    for (int64_t l = 0; l < count; ++l) dst[l] = src[l];
+  } else if constexpr (std::is_same_v<scalar_t, acc_type<scalar_t>>) {
+    Vec::loadu(src).store(dst);
+  } else {
+#if defined(CPU_CAPABILITY_AVX2)
+    static_assert(W * sizeof(scalar_t) == 16);  // 8 float16/bfloat16 values
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+#else
+    std::memcpy(dst, src, W * sizeof(scalar_t));
+#endif
+  }
 }
 
 // Large outputs are written with non-temporal (streaming) stores where the ISA has them
-// (AVX2 build, float32/float64): they skip the read-for-ownership of each output cache
-// line, as memcpy does for large copies, so the op moves only the bytes it must. Below
-// this many output bytes per problem, normal stores (the result may be read again soon).
+// (AVX2 build): they skip the read-for-ownership of each output cache line, as memcpy
+// does for large copies, so the op moves only the bytes it must. Below this many output
+// bytes per problem, normal stores (the result may be read again soon).
 constexpr int64_t kStreamBytes = int64_t{1} << 22;
 
 // Whether a run of n coordinates of a problem (a.total coordinates, split into runs by
@@ -147,7 +171,8 @@ C10_ALWAYS_INLINE bool streamed(const KernelArgs& a, int64_t n) {
   return std::max(n, a.total) * int64_t(sizeof(scalar_t)) >= kStreamBytes;
 }
 
-// Streams a full block to a 32-byte-aligned p; false where this build cannot.
+// Streams a full block to a block-aligned p (W * sizeof(scalar_t) bytes); false where this
+// build cannot.
 template <typename scalar_t>
 C10_ALWAYS_INLINE bool stream_store(scalar_t* p, const Vectorized<acc_type<scalar_t>>& v) {
 #if defined(CPU_CAPABILITY_AVX2)
@@ -156,6 +181,9 @@ C10_ALWAYS_INLINE bool stream_store(scalar_t* p, const Vectorized<acc_type<scala
     return true;
   } else if constexpr (std::is_same_v<scalar_t, double>) {
     _mm256_stream_pd(p, v);
+    return true;
+  } else {
+    _mm_stream_si128(reinterpret_cast<__m128i*>(p), round_to_16bit<scalar_t>(v));  // 16-byte aligned
     return true;
   }
 #endif
@@ -465,11 +493,13 @@ C10_ALWAYS_INLINE void run_contiguous(const scalar_t* const* in, scalar_t* const
   constexpr int64_t W = Vectorized<acc_type<scalar_t>>::size();
   int64_t i = 0;
   if constexpr (Step::kStreamOut) {
-    // First the coordinates before the output's 32-byte boundary, then aligned full blocks.
+    // First the coordinates before the output's block boundary (fewer than W), then
+    // aligned full blocks.
+    constexpr uintptr_t kBlockBytes = W * sizeof(scalar_t);  // 32 (float, double) or 16 bytes
     const auto addr = reinterpret_cast<uintptr_t>(out[0]);
     step.stream = stream && addr % sizeof(scalar_t) == 0;
-    if (step.stream && addr % 32 != 0) {
-      i = std::min<int64_t>(n, static_cast<int64_t>((32 - addr % 32) / sizeof(scalar_t)));
+    if (step.stream && addr % kBlockBytes != 0) {
+      i = std::min<int64_t>(n, static_cast<int64_t>((kBlockBytes - addr % kBlockBytes) / sizeof(scalar_t)));
       step.template apply<false>(in, out, 0, i);
     }
   }

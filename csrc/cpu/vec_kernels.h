@@ -109,6 +109,15 @@ C10_ALWAYS_INLINE __m128i round_to_16bit(const Vectorized<float>& v) {
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) return at::vec::cvtfp32_bf16(__m256(v));
   else return at::vec::cvtfp32_fp16(__m256(v));
 }
+
+// The 8 float16/bfloat16 values in bits, widened to float (exact).
+template <typename scalar_t>
+C10_ALWAYS_INLINE Vectorized<float> widen_16bit(const __m128i& bits) {
+  __m256 v;
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) at::vec::cvtbf16_fp32(bits, v);
+  else at::vec::cvtfp16_fp32(bits, v);
+  return v;
+}
 #endif
 
 // Stores the first `count` lanes of v at p, rounded to scalar_t (round to nearest even,
@@ -795,8 +804,19 @@ struct RingStep {
       // g = round_to_dtype(grad + weight_decay * param): what the history stores and the
       // reduction sees.
       g = g + p * Vec(weight_decay);
-      store_acc<scalar_t, kFull>(g_rounded, g, count);
-      if constexpr (!std::is_same_v<scalar_t, acc_t>) g = load_acc<scalar_t, kFull>(g_rounded, count);
+#if defined(CPU_CAPABILITY_AVX2)
+      if constexpr (kFull && !std::is_same_v<scalar_t, acc_t>) {
+        // A full 16-bit block rounds in registers: the stack round trip below cost a
+        // store-forwarding wait per block.
+        const __m128i bits = round_to_16bit<scalar_t>(g);
+        g = widen_16bit<scalar_t>(bits);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(g_rounded), bits);  // for the slot, off the critical path
+      } else
+#endif
+      {
+        store_acc<scalar_t, kFull>(g_rounded, g, count);
+        if constexpr (!std::is_same_v<scalar_t, acc_t>) g = load_acc<scalar_t, kFull>(g_rounded, count);
+      }
     }
     Vec r;
     if constexpr (K > 0) {  // run_ring_step picks K > 0 for the median reduction only

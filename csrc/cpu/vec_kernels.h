@@ -101,9 +101,8 @@ C10_ALWAYS_INLINE Vectorized<acc_type<scalar_t>> load_acc(const scalar_t* p, int
 }
 
 #if defined(CPU_CAPABILITY_AVX2)
-// The 8 lanes of v rounded to float16/bfloat16 (ATen's conversion of one register): the
-// Vectorized<BFloat16> route converts two registers and stores through a stack buffer,
-// which made median3 bfloat16 about 1.5x slower.
+// The 8 lanes of v rounded to float16/bfloat16 (ATen's conversion of one register; the
+// Vectorized<BFloat16> route converts two registers and stores through a stack buffer).
 template <typename scalar_t>
 C10_ALWAYS_INLINE __m128i round_to_16bit(const Vectorized<float>& v) {
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) return at::vec::cvtfp32_bf16(__m256(v));
@@ -806,8 +805,8 @@ struct RingStep {
       g = g + p * Vec(weight_decay);
 #if defined(CPU_CAPABILITY_AVX2)
       if constexpr (kFull && !std::is_same_v<scalar_t, acc_t>) {
-        // A full 16-bit block rounds in registers: the stack round trip below cost a
-        // store-forwarding wait per block.
+        // A full 16-bit block rounds in registers, keeping the stack round trip below off
+        // the path to the median.
         const __m128i bits = round_to_16bit<scalar_t>(g);
         g = widen_16bit<scalar_t>(bits);
         _mm_storeu_si128(reinterpret_cast<__m128i*>(g_rounded), bits);  // for the slot, off the critical path

@@ -605,7 +605,7 @@ struct MedianOfMeansStep {
 // result), for blocks that may hold a NaN: kept out of line, the hot loop only tests.
 template <typename acc_t>
 C10_NOINLINE Vectorized<acc_t> median_nan_block(const Vectorized<acc_t>* v, int64_t k, bool omit_nan,
-                                               const Vectorized<acc_t>& net) {
+                                               Vectorized<acc_t> net) {
   using Vec = Vectorized<acc_t>;
   constexpr int64_t W = Vec::size();
   Vec nan = v[0].isnan();
@@ -651,7 +651,13 @@ C10_ALWAYS_INLINE Vectorized<acc_t> median_regs(const Vectorized<acc_t>* v, bool
     sort_net(w, K);  // stable (see median())
     med = (K % 2) ? w[K / 2] : (w[(K - 1) / 2] + w[K / 2]) * Vec(acc_t(0.5));
   }
-  if (C10_UNLIKELY(may_nan)) med = median_nan_block<acc_t>(v, K, omit_nan, med);
+  if (C10_UNLIKELY(may_nan)) {
+    // A copy made on this path only: handing out v's own address kept every block's
+    // values (and the result) in stack memory on the hot path too.
+    Vec spilled[K];
+    for (int j = 0; j < K; ++j) spilled[j] = v[j];
+    med = median_nan_block<acc_t>(spilled, K, omit_nan, med);
+  }
   return med;
 }
 

@@ -176,7 +176,8 @@ constexpr int64_t kStreamBytes = int64_t{1} << 22;
 // the op layer) writes its output with streaming stores.
 template <typename scalar_t>
 C10_ALWAYS_INLINE bool streamed(const KernelArgs& a, int64_t n) {
-  return std::max(n, a.total) * int64_t(sizeof(scalar_t)) >= kStreamBytes;
+  constexpr bool kWide = std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>;  // see stream_store
+  return kWide && std::max(n, a.total) * int64_t(sizeof(scalar_t)) >= kStreamBytes;
 }
 
 // Streams a full block to a block-aligned p (W * sizeof(scalar_t) bytes); false where this

@@ -116,9 +116,10 @@ def test_parallel_chunk_boundaries(m):
 @pytest.mark.parametrize("dtype,offset", [(torch.float32, 1), (torch.float64, 3), (torch.bfloat16, 1),
                                           (torch.bfloat16, 9), (torch.float16, 15), (torch.bfloat16, 8)])
 def test_large_output_streamed_from_unaligned_start(dtype, offset):
-    # streaming: runs of >= 4 MB of output use non-temporal stores after a head of fewer
-    # than one block (8 lanes: 32 bytes of float32, 16 of bfloat16) that reaches the
-    # block boundary; the offsets put that head at every length class, 0 included
+    # streaming: float32/float64 runs of >= 4 MB of output use non-temporal stores after a
+    # head of fewer than one block (8 or 4 lanes: 32 bytes) that reaches the block
+    # boundary; float16/bfloat16 outputs take normal stores, and once overran an 8-lane
+    # block with a head of up to 15 lanes: their offsets cover every head length class
     n = (1 << 22) + 5
     x = randn(3, n, seed=12, dtype=dtype)
     buf = torch.empty(n + 16, dtype=dtype)

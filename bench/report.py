@@ -242,7 +242,8 @@ def section(path: str, plot_dir: str, md_dir: str) -> list[str]:
         lines += [
             f"Command: `python -m bench.throughput {' '.join(meta.get('argv', []))}` "
             f"(torch {meta.get('torch')}, {meta.get('threads')} threads{thp}"
-            f"{'; ' + meta['machine'] if meta.get('machine') else ''}).",
+            f"{'; ' + meta['machine'] if meta.get('machine') else ''}"
+            f"{'; our CPU kernels: ' + meta['cpu_kernels'] + ' build' if meta.get('cpu_kernels') else ''}).",
             "",
         ]
     lines += [f"Data: `{os.path.relpath(path, md_dir)}`.", ""]

@@ -36,9 +36,20 @@ import sys
 import time
 from typing import Callable, Optional
 
-import torch
+# torch.compile's on-disk cache of compiled kernels: one per ATEN_CPU_CAPABILITY. A sweep
+# run with ATEN_CPU_CAPABILITY=avx2 (to time our AVX2 build) and a default-capability sweep
+# after it on the same cache ended in "double free or corruption" when a compiled peer's
+# fresh output was freed, on an AVX-512 machine (torch 2.14.1); clearing the cache cured it.
+if os.environ.get("ATEN_CPU_CAPABILITY") and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    import tempfile
 
-from . import peers as peers_mod
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(
+        tempfile.gettempdir(), f"torchinductor_cgh_bench_{os.environ['ATEN_CPU_CAPABILITY']}"
+    )
+
+import torch  # noqa: E402
+
+from . import peers as peers_mod  # noqa: E402
 
 OPS = (
     "median3",
@@ -390,6 +401,15 @@ def _machine() -> Optional[str]:
             f"hypervisor: {get('Hypervisor vendor')}")
 
 
+def _cpu_kernels() -> Optional[str]:
+    """Which ISA build of our CPU kernels ran (cgh_ops._C.cpu_capability), if the extension loaded."""
+    try:
+        from cgh_ops import _C
+    except ImportError:
+        return None
+    return _C.cpu_capability
+
+
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
@@ -500,7 +520,7 @@ def main(argv=None) -> list[dict]:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         meta = {"torch": torch.__version__, "threads": torch.get_num_threads(),
                 "argv": sys.argv[1:] if argv is None else argv, "thp": _thp_setting(),
-                "machine": _machine(),
+                "machine": _machine(), "cpu_kernels": _cpu_kernels(),
                 "CGH_OPS_HUGE_PAGES": os.environ.get("CGH_OPS_HUGE_PAGES"),
                 "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE")}
         for r in runner.records:

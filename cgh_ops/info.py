@@ -61,6 +61,13 @@ def report() -> str:
             f"built with: CUDA kernels {'yes' if info.get('cuda') else 'no'}"
             + (f" (archs {info.get('cuda_arch_list')}, nvcc from {info.get('cuda_home')})" if info.get("cuda") else "")
         )
+    if _extension.NATIVE:
+        from cgh_ops import _C
+
+        lines.append(
+            f"CPU kernels: {_C.cpu_capability} build (best of AVX512, AVX2, DEFAULT for this CPU; "
+            "ATEN_CPU_CAPABILITY=avx2 or =default caps it)"
+        )
     lines.append(f"Triton: {triton_status()}")
     lines.append(f"CUDA backend for the wrappers: {ops.get_cuda_backend()} (cgh_ops.set_cuda_backend)")
     lines.append("")

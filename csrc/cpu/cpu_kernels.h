@@ -7,7 +7,8 @@
 //   a row-sliced x) go straight to at::parallel_for with raw base pointers; any other
 //   layout goes through at::TensorIterator, which reads and writes the strided memory in
 //   place (no hidden copy of an input, no temporary output).
-// * kernels(): the vectorized kernels (vec_kernels.h) for the best ISA this CPU runs.
+// * kernels(): the vectorized kernels (vec_kernels.h) for the best ISA this CPU runs
+//   (capability()).
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -25,22 +26,36 @@
 
 namespace cgh::cpu {
 
-// The AVX2 kernels when the CPU has AVX2 and FMA (what ATen requires for its own AVX2
-// kernels), else the baseline ones. ATEN_CPU_CAPABILITY=default forces the baseline, as
-// it does for ATen.
-inline const KernelTable& kernels() {
-  static const KernelTable* table = [] {
-    const KernelTable* avx2 = AVX2::kernel_table();  // nullptr unless built for x86-64
-    bool use_avx2 = avx2 != nullptr;
+// The kernels of the best capability this CPU runs: AVX-512 when it has AVX512F/BW/VL/DQ,
+// AVX2 when it has AVX2 and FMA (the sets ATen requires for its own kernels of those
+// names), else the baseline. ATEN_CPU_CAPABILITY=avx2 or =default caps the choice, as it
+// does for ATen (tests use it to run every build on one machine).
+struct Capability {
+  const char* name;
+  const KernelTable* table;
+};
+
+inline const Capability& capability() {
+  static const Capability chosen = [] {
+    bool avx2 = false, avx512 = false;
 #if defined(__x86_64__) && defined(__GNUC__)
-    use_avx2 = use_avx2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
 #endif
-    const char* forced = std::getenv("ATEN_CPU_CAPABILITY");
-    if (forced != nullptr && std::string(forced) == "default") use_avx2 = false;
-    return use_avx2 ? avx2 : DEFAULT::kernel_table();
+    const char* env = std::getenv("ATEN_CPU_CAPABILITY");
+    const std::string forced = env != nullptr ? env : "";
+    if (forced == "default") avx2 = avx512 = false;
+    if (forced == "avx2") avx512 = false;
+    // kernel_table() is nullptr where the build has no kernels of that capability
+    if (avx512 && AVX512::kernel_table() != nullptr) return Capability{"AVX512", AVX512::kernel_table()};
+    if (avx2 && AVX2::kernel_table() != nullptr) return Capability{"AVX2", AVX2::kernel_table()};
+    return Capability{"DEFAULT", DEFAULT::kernel_table()};
   }();
-  return *table;
+  return chosen;
 }
+
+inline const KernelTable& kernels() { return *capability().table; }
 
 // Whether the kernels stage input rows that lie a nonzero multiple of 256 MiB apart through
 // a per-thread buffer (vec_kernels.h, run_contiguous). Measured, median_of_means k = 5 on

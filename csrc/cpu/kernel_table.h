@@ -41,8 +41,16 @@ namespace DEFAULT {
 const KernelTable* kernel_table();
 }
 namespace AVX2 {
-// nullptr when this build has no AVX2 kernels (not x86-64 GCC/Clang).
+// nullptr when this build has no AVX2 kernels (not x86-64 GCC).
 const KernelTable* kernel_table();
 }
+namespace AVX512 {
+// nullptr when this build has no AVX-512 kernels (not x86-64 GCC).
+const KernelTable* kernel_table();
+}
+
+// The capability whose kernels this process runs: "AVX512", "AVX2" or "DEFAULT"
+// (cpu_kernels.h: kernels()).
+const char* kernel_capability();
 
 }  // namespace cgh::cpu

@@ -1,8 +1,9 @@
 // The vectorized CPU kernels of the cgh ops, written once against at::vec::Vectorized and
 // compiled once per CPU capability, as ATen compiles its own kernels:
-// cpu_vec_default.cpp for the baseline ISA (namespace DEFAULT) and vec_avx2.cpp for AVX2
-// (namespace AVX2; chosen at run time by cpu_kernels.h when the CPU has it). The including
-// file defines CGH_CAP (and, for AVX2, ATen's capability macros) first.
+// cpu_vec_default.cpp for the baseline ISA (namespace DEFAULT), vec_avx2.cpp for AVX2
+// (namespace AVX2) and vec_avx512.cpp for AVX-512 (namespace AVX512); cpu_kernels.h picks
+// the best one the CPU runs. The including file defines CGH_CAP (and, for AVX2/AVX-512,
+// ATen's capability macros) first.
 //
 // This header holds raw-pointer code only (no Tensor): the op layer (cpu_kernels.h and the
 // *_kernels.cpp files) checks arguments, picks layouts and threads, and calls
@@ -78,6 +79,46 @@ C10_ALWAYS_INLINE void with_static_k(int64_t k, const F& f) {
 }
 
 // ------------------------------------------------------------------ loads and stores
+// The x86 SIMD builds (AVX2: 8 float lanes in __m256; AVX-512: 16 in __m512) handle a block
+// of float16/bfloat16 values as one integer register of half the width (Bits16) and
+// convert it with ATen's one-register conversions; the portable build goes through
+// Vectorized<BFloat16>/<Half>, which converts two registers and stores through a stack buffer.
+#if defined(CPU_CAPABILITY_AVX512)
+#define CGH_X86_SIMD 1
+using FloatReg = __m512;
+using Bits16 = __m256i;  // 16 float16/bfloat16 values
+C10_ALWAYS_INLINE Bits16 load_bits16(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+C10_ALWAYS_INLINE void store_bits16(void* p, const Bits16& b) { _mm256_storeu_si256(static_cast<__m256i*>(p), b); }
+#elif defined(CPU_CAPABILITY_AVX2)
+#define CGH_X86_SIMD 1
+using FloatReg = __m256;
+using Bits16 = __m128i;  // 8 float16/bfloat16 values
+C10_ALWAYS_INLINE Bits16 load_bits16(const void* p) { return _mm_loadu_si128(static_cast<const __m128i*>(p)); }
+C10_ALWAYS_INLINE void store_bits16(void* p, const Bits16& b) { _mm_storeu_si128(static_cast<__m128i*>(p), b); }
+#endif
+
+#if defined(CGH_X86_SIMD)
+static_assert(sizeof(Bits16) == Vectorized<float>::size() * 2);
+
+// The lanes of v rounded to float16/bfloat16 (round to nearest even, as the scalar cast;
+// a NaN may get another payload: it stays a NaN). ATen's software rounding, also on CPUs
+// with AVX512_BF16: vcvtneps2bf16 treats subnormal inputs as zero.
+template <typename scalar_t>
+C10_ALWAYS_INLINE Bits16 round_to_16bit(const Vectorized<float>& v) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) return at::vec::cvtfp32_bf16(FloatReg(v));
+  else return at::vec::cvtfp32_fp16(FloatReg(v));
+}
+
+// The float16/bfloat16 values in bits, widened to float (exact).
+template <typename scalar_t>
+C10_ALWAYS_INLINE Vectorized<float> widen_16bit(const Bits16& bits) {
+  FloatReg v;
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) at::vec::cvtbf16_fp32(bits, v);
+  else at::vec::cvtfp16_fp32(bits, v);
+  return v;
+}
+#endif
+
 // Loads `count` (<= W) values at p into the accumulation type; lanes past count are 0.
 template <typename scalar_t, bool kFull>
 C10_ALWAYS_INLINE Vectorized<acc_type<scalar_t>> load_acc(const scalar_t* p, int64_t count) {
@@ -86,11 +127,15 @@ C10_ALWAYS_INLINE Vectorized<acc_type<scalar_t>> load_acc(const scalar_t* p, int
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     return kFull ? Vec::loadu(p) : Vec::loadu(p, count);
   } else if (kFull) {
-    // ATen's vector conversions (exact: every float16/bfloat16 value is a float)
+    // exact: every float16/bfloat16 value is a float
+#if defined(CGH_X86_SIMD)
+    return widen_16bit<scalar_t>(load_bits16(p));
+#else
     Vec v;
     if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) at::vec::load_fp32_from_bf16(p, v);
     else at::vec::load_fp32_from_fp16(p, v);
     return v;
+#endif
   } else {
     __at_align__ acc_t buf[Vec::size()];
     const int64_t n = kFull ? Vec::size() : count;
@@ -99,25 +144,6 @@ C10_ALWAYS_INLINE Vectorized<acc_type<scalar_t>> load_acc(const scalar_t* p, int
     return Vec::loadu(buf);
   }
 }
-
-#if defined(CPU_CAPABILITY_AVX2)
-// The 8 lanes of v rounded to float16/bfloat16 (ATen's conversion of one register; the
-// Vectorized<BFloat16> route converts two registers and stores through a stack buffer).
-template <typename scalar_t>
-C10_ALWAYS_INLINE __m128i round_to_16bit(const Vectorized<float>& v) {
-  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) return at::vec::cvtfp32_bf16(__m256(v));
-  else return at::vec::cvtfp32_fp16(__m256(v));
-}
-
-// The 8 float16/bfloat16 values in bits, widened to float (exact).
-template <typename scalar_t>
-C10_ALWAYS_INLINE Vectorized<float> widen_16bit(const __m128i& bits) {
-  __m256 v;
-  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) at::vec::cvtbf16_fp32(bits, v);
-  else at::vec::cvtfp16_fp32(bits, v);
-  return v;
-}
-#endif
 
 // Stores the first `count` lanes of v at p, rounded to scalar_t (round to nearest even,
 // as Tensor.to()).
@@ -131,8 +157,8 @@ C10_ALWAYS_INLINE void store_acc(scalar_t* p, const Vectorized<acc_type<scalar_t
   } else if (kFull) {
     // ATen's vector conversions: round to nearest even, as the scalar cast (a NaN may get
     // another payload: it stays a NaN)
-#if defined(CPU_CAPABILITY_AVX2)
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), round_to_16bit<scalar_t>(v));
+#if defined(CGH_X86_SIMD)
+    store_bits16(p, round_to_16bit<scalar_t>(v));
 #else
     if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) at::vec::convert_float_bfloat16(v, v).store(p, Vec::size());
     else at::vec::convert_float_half(v, v).store(p, Vec::size());
@@ -157,50 +183,54 @@ C10_ALWAYS_INLINE void copy_raw(scalar_t* dst, const scalar_t* src, int64_t coun
   } else if constexpr (std::is_same_v<scalar_t, acc_type<scalar_t>>) {
     Vec::loadu(src).store(dst);
   } else {
-#if defined(CPU_CAPABILITY_AVX2)
-    static_assert(W * sizeof(scalar_t) == 16);  // 8 float16/bfloat16 values
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+#if defined(CGH_X86_SIMD)
+    static_assert(W * sizeof(scalar_t) == sizeof(Bits16));
+    store_bits16(dst, load_bits16(src));
 #else
     std::memcpy(dst, src, W * sizeof(scalar_t));
 #endif
   }
 }
 
-// Large float32/float64 outputs are written with non-temporal (streaming) stores where
-// the ISA has them (AVX2 build): they skip the read-for-ownership of each output cache
-// line, as memcpy does for large copies, so the op moves only the bytes it must. Below
-// this many output bytes per problem, normal stores (the result may be read again soon).
+// Large float32/float64 outputs are written with non-temporal (streaming) stores in the
+// x86 SIMD builds: they skip the read-for-ownership of each output cache line, as memcpy
+// does for large copies, so the op moves only the bytes it must. Below this many output
+// bytes per problem, normal stores (the result may be read again soon).
 constexpr int64_t kStreamBytes = int64_t{1} << 22;
+
+// Which outputs this build can stream. float16/bfloat16 ones take normal stores: 16-byte
+// streaming stores made median3 bfloat16 slower (0.64 -> 0.47 of a copy at 2^24, AVX2).
+template <typename scalar_t>
+constexpr bool kCanStream =
+#if defined(CGH_X86_SIMD)
+    std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>;
+#else
+    false;
+#endif
 
 // Whether a run of n coordinates of a problem (a.total coordinates, split into runs by
 // the op layer) writes its output with streaming stores.
 template <typename scalar_t>
 C10_ALWAYS_INLINE bool streamed(const KernelArgs& a, int64_t n) {
-  constexpr bool kWide = std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>;  // see stream_store
-  return kWide && std::max(n, a.total) * int64_t(sizeof(scalar_t)) >= kStreamBytes;
+  return kCanStream<scalar_t> && std::max(n, a.total) * int64_t(sizeof(scalar_t)) >= kStreamBytes;
 }
 
-// Streams a full block to a block-aligned p (W * sizeof(scalar_t) bytes); false where this
-// build cannot.
+// Streams a full block (one register) to a register-aligned p.
 template <typename scalar_t>
-C10_ALWAYS_INLINE bool stream_store(scalar_t* p, const Vectorized<acc_type<scalar_t>>& v) {
-#if defined(CPU_CAPABILITY_AVX2)
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    _mm256_stream_ps(p, v);
-    return true;
-  } else if constexpr (std::is_same_v<scalar_t, double>) {
-    _mm256_stream_pd(p, v);
-    return true;
-  }
-  // float16/bfloat16: 16-byte streaming stores made median3 slower (0.64 -> 0.47 of a copy
-  // at 2^24), so their outputs take normal stores.
+C10_ALWAYS_INLINE void stream_store(scalar_t* p, const Vectorized<scalar_t>& v) {
+  static_assert(kCanStream<scalar_t>);
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<scalar_t, float>) _mm512_stream_ps(p, v);
+  else _mm512_stream_pd(p, v);
+#elif defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<scalar_t, float>) _mm256_stream_ps(p, v);
+  else _mm256_stream_pd(p, v);
 #endif
-  return false;
 }
 
 // Makes streamed stores visible before the run returns.
 inline void stream_fence() {
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(CGH_X86_SIMD)
   _mm_sfence();
 #endif
 }
@@ -208,8 +238,8 @@ inline void stream_fence() {
 // store_acc, streamed when `stream` (set by run_blocks for aligned, large outputs).
 template <typename scalar_t, bool kFull>
 C10_ALWAYS_INLINE void store_out(scalar_t* p, const Vectorized<acc_type<scalar_t>>& v, int64_t count, bool stream) {
-  if constexpr (kFull) {
-    if (stream && stream_store(p, v)) return;
+  if constexpr (kFull && kCanStream<scalar_t>) {
+    if (stream) return stream_store(p, v);
   }
   store_acc<scalar_t, kFull>(p, v, count);
 }
@@ -503,7 +533,7 @@ C10_ALWAYS_INLINE void run_contiguous(const scalar_t* const* in, scalar_t* const
   if constexpr (Step::kStreamOut) {
     // First the coordinates before the output's block boundary (fewer than W), then
     // aligned full blocks.
-    constexpr uintptr_t kBlockBytes = W * sizeof(scalar_t);  // 32 (float, double) or 16 bytes
+    constexpr uintptr_t kBlockBytes = W * sizeof(scalar_t);  // one register of float/double values
     const auto addr = reinterpret_cast<uintptr_t>(out[0]);
     step.stream = stream && addr % sizeof(scalar_t) == 0;
     if (step.stream && addr % kBlockBytes != 0) {
@@ -810,13 +840,13 @@ struct RingStep {
       // g = round_to_dtype(grad + weight_decay * param): what the history stores and the
       // reduction sees.
       g = g + p * Vec(weight_decay);
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(CGH_X86_SIMD)
       if constexpr (kFull && !std::is_same_v<scalar_t, acc_t>) {
         // A full 16-bit block rounds in registers, keeping the stack round trip below off
         // the path to the median.
-        const __m128i bits = round_to_16bit<scalar_t>(g);
+        const Bits16 bits = round_to_16bit<scalar_t>(g);
         g = widen_16bit<scalar_t>(bits);
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(g_rounded), bits);  // for the slot, off the critical path
+        store_bits16(g_rounded, bits);  // for the slot, off the critical path
       } else
 #endif
       {

@@ -277,8 +277,9 @@ was measured by `python -m bench.throughput` in the run that wrote the file. How
   preallocated tensor moving the same number of bytes, measured right before and right
   after each case's variants (the faster of the two is the bar).
 * **out** rows write into preallocated outputs (`out=`), **fresh** rows allocate them (on
-  the CPU a fresh large tensor costs page faults; our CPU ops put fresh outputs of 32 MiB or
-  more on transparent huge pages), **inplace** rows are the in-place ops.
+  the CPU a fresh large tensor costs page faults; our CPU ops put fresh outputs of 2 MiB or
+  more on transparent huge pages and reuse freed ones, see the notes), **inplace** rows are
+  the in-place ops.
 * **Targets**: "no slower than torch.compile" is checked row by row for every op, k, dtype
   and n of the run, variant against the same variant (a ratio below 1.00 is a miss, noise
   or not); the rows behind each verdict are in the tables below.
